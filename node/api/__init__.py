@@ -1,0 +1,1 @@
+"""HTTP: /health /ready /status /metrics and the REST API."""

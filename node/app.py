@@ -1,0 +1,167 @@
+"""The node: builds its services from the config and runs them in one root nursery."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from typing import Any
+
+import trio
+
+from node import __version__
+from node.api.http import ApiStartError, HttpApi, NodeView, Readiness
+from node.config import Config
+from node.crypto import Ed25519Key, read_key_file
+from node.home import Home, HomeLock
+from node.logs import setup_logging
+from node.metrics import NodeMetrics
+from node.p2p import P2PNetwork, P2PStartError, peer_id_of
+from node.p2p.info import InfoProtocol, PeerInfoDoc
+
+log = logging.getLogger("dcloud.node")
+
+SHUTDOWN_GRACE_S = 4.0
+
+
+class Node(NodeView):
+    """One dcloud node: p2p host, peer book, HTTP API (later: consensus, gossip, storage)."""
+
+    def __init__(self, config: Config, node_key: Ed25519Key, lock: HomeLock | None = None) -> None:
+        self.config = config
+        self.lock = lock
+        self.home = Home(config.home)
+        self.started_at = time.time()
+        self.started_monotonic = time.monotonic()
+        self.node_id = peer_id_of(node_key)
+        self.metrics = NodeMetrics(moniker=config.node.moniker, region=config.node.region,
+                                   node_id=self.node_id)
+        self.p2p = P2PNetwork(node_key, config.p2p, self.metrics.p2p)
+        self.info = InfoProtocol(self.p2p, PeerInfoDoc(
+            node_id=self.node_id, moniker=config.node.moniker, region=config.node.region,
+            version=__version__))
+        self.api = HttpApi(config.api, self, self.metrics)
+        self.peer_info: dict[str, PeerInfoDoc] = {}
+        self.ready_services: set[str] = set()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            # Dependency order: the network first, then what uses it, the API last.
+            await nursery.start(self.p2p.run)
+            self.ready_services.add("p2p")
+            self.info.install()
+            nursery.start_soon(self._learn_peer_info)
+            if self.config.api.enabled:
+                await nursery.start(self.api.run)
+                self.ready_services.add("api")
+                if self.lock is not None and self.api.bound is not None:
+                    host, port = self.api.bound
+                    self.lock.update(api_url=f"http://{host}:{port}")
+            log.info("node started", extra={"listen_addrs": self.p2p.listen_addrs(),
+                                            "moniker": self.config.node.moniker})
+            task_status.started()
+
+    async def _learn_peer_info(self) -> None:
+        while True:
+            for peer_id in self.p2p.connected_peer_ids():
+                if peer_id not in self.peer_info:
+                    try:
+                        self.peer_info[peer_id] = await self.info.ask(peer_id)
+                    except Exception as exc:
+                        log.debug("no info from %s: %r", peer_id, exc)
+            await trio.sleep(1.0)
+
+    # ---- NodeView ----------------------------------------------------------------------------
+
+    def readiness(self) -> Readiness:
+        if "p2p" not in self.ready_services:
+            return Readiness(False, "p2p host not started")
+        peers = len(self.p2p.connected_peer_ids())
+        if peers > 0:
+            return Readiness(True, f"connected to {peers} peer(s)")
+        if self.config.p2p.allow_solo and not self.config.p2p.bootstrap:
+            return Readiness(True, "running alone (no bootstrap peers, p2p.allow_solo)")
+        return Readiness(False, "not connected to any peer yet")
+
+    def status(self) -> dict[str, Any]:
+        peers = []
+        for snap in self.p2p.book.snapshot():
+            info = self.peer_info.get(snap.peer_id)
+            peers.append({
+                "peer_id": snap.peer_id,
+                "addrs": snap.addrs,
+                "latency_ms": snap.latency_ms,
+                "moniker": info.moniker if info else None,
+                "region": info.region if info else None,
+                "score": snap.score,
+                "bootstrap": snap.bootstrap,
+            })
+        ready = self.readiness()
+        return {
+            "node_id": self.node_id,
+            "moniker": self.config.node.moniker,
+            "region": self.config.node.region,
+            "version": __version__,
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started_at)),
+            "uptime_s": round(time.monotonic() - self.started_monotonic, 3),
+            "ready": ready.ready,
+            "listen_addrs": self.p2p.listen_addrs(),
+            "peers": peers,
+        }
+
+
+def _only_leaf(group: BaseExceptionGroup[Any]) -> BaseException | None:
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for e in exc.exceptions:
+                walk(e)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    return leaves[0] if len(leaves) == 1 else None
+
+
+def load_node_key(home: Home) -> Ed25519Key:
+    return read_key_file(home.node_key_file)
+
+
+async def run_until_signalled(node: Node) -> None:
+    """Run `node` until SIGINT/SIGTERM, then shut down within a few seconds."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+
+            async def wait_signal() -> None:
+                async for signum in signals:
+                    log.info("received %s, shutting down", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(wait_signal)
+    log.info("node stopped")
+
+
+def start_node(config: Config) -> None:
+    """Blocking entry point of `dcloud-node start` (raises on start-up errors)."""
+    home = Home(config.home)
+    key = load_node_key(home)
+    lock = HomeLock(home.lock_file)
+    lock.acquire()
+    try:
+        node = Node(config, key, lock)
+        log_file = (config.home / config.node.log_file) if config.node.log_file else None
+        setup_logging(level=config.node.log_level, fmt=config.node.log_format,
+                      log_file=log_file, static={"node_id": node.node_id})
+        try:
+            trio.run(run_until_signalled, node)
+        except BaseExceptionGroup as group:
+            # A start-up error (port in use, ...) arrives wrapped by the nurseries it crossed.
+            leaf = _only_leaf(group)
+            if isinstance(leaf, (P2PStartError, ApiStartError)):
+                raise leaf from None
+            raise
+    finally:
+        lock.release()

@@ -1,0 +1,265 @@
+"""dcloud-node: the command line (init, start, keys, status, testnet)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from node import __version__
+from node.config import (
+    ConfigError,
+    flag_name,
+    load_config,
+    option_names,
+)
+from node.crypto import KeyFileError, read_key_file
+from node.home import Home, NodeLockedError, read_lock_info, resolve_home
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """An error the CLI reports as one line and exit code 2."""
+
+
+def _add_home(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--home", help="node home directory (default: $DCLOUD_HOME or ~/.dcloud)")
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("config overrides (each also DCLOUD_<SECTION>_<KEY>)")
+    for section, key in option_names():
+        group.add_argument(flag_name(section, key), dest=f"cfg__{section}__{key}", metavar="VALUE",
+                           help=argparse.SUPPRESS if section == "p2p" and key == "bootstrap"
+                           else None)
+    p.add_argument("--bootstrap", action="append", default=None, metavar="MULTIADDR",
+                   help="bootstrap peer (repeatable; comma-separated also accepted)")
+    p.add_argument("--moniker", help="shortcut for --node-moniker")
+    p.add_argument("--region", help="shortcut for --node-region")
+
+
+def _overrides(args: argparse.Namespace) -> dict[tuple[str, str], Any]:
+    out: dict[tuple[str, str], Any] = {}
+    for name, value in vars(args).items():
+        if name.startswith("cfg__") and value is not None:
+            _, section, key = name.split("__")
+            out[(section, key)] = value
+    if getattr(args, "bootstrap", None):
+        out[("p2p", "bootstrap")] = ",".join(args.bootstrap)
+    if getattr(args, "moniker", None):
+        out[("node", "moniker")] = args.moniker
+    if getattr(args, "region", None):
+        out[("node", "region")] = args.region
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dcloud-node",
+        description="A node of the dcloud decentralized cloud.",
+    )
+    parser.add_argument("--version", action="version", version=f"dcloud-node {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", help="create a node home: config.toml, node key, validator key")
+    _add_home(p)
+    p.add_argument("--moniker", default="dcloud-node", help="node name (default: dcloud-node)")
+    p.add_argument("--region", default="default", help="node region (default: default)")
+
+    p = sub.add_parser("start", help="run the node (initialises the home first if it is empty)")
+    _add_home(p)
+    _add_config_flags(p)
+
+    p = sub.add_parser("keys", help="show the node's keys")
+    keys_sub = p.add_subparsers(dest="keys_command", required=True, metavar="KEYS_COMMAND")
+    show = keys_sub.add_parser("show", help="print the peer id and public keys")
+    _add_home(show)
+    show.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("status", help="print a running node's status")
+    _add_home(p)
+    p.add_argument("--url", help="node API URL, e.g. http://127.0.0.1:26660 (instead of --home)")
+    p.add_argument("--json", action="store_true", help="print the raw JSON status")
+
+    p = sub.add_parser("testnet", help="a local multi-node network on 127.0.0.1")
+    tsub = p.add_subparsers(dest="testnet_command", required=True, metavar="TESTNET_COMMAND")
+    up = tsub.add_parser("up", help="create (if missing) and start N nodes, wait for a full mesh")
+    up.add_argument("--nodes", type=int, default=4, help="number of nodes (default 4)")
+    up.add_argument("--dir", required=True, help="directory holding the node homes")
+    up.add_argument("--base-port", type=int, default=26656,
+                    help="first port; node i uses base+10*i (p2p) and base+10*i+1 (HTTP)")
+    up.add_argument("--timeout", type=float, default=90.0,
+                    help="seconds to wait for every node to be ready (default 90)")
+    down = tsub.add_parser("down", help="stop the testnet's nodes")
+    down.add_argument("--dir", required=True)
+    down.add_argument("--grace", type=float, default=10.0,
+                      help="seconds between SIGTERM and SIGKILL (default 10)")
+    st = tsub.add_parser("status", help="one line per testnet node")
+    st.add_argument("--dir", required=True)
+    return parser
+
+
+# ---- commands ----------------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    home = Home(resolve_home(args.home))
+    written = home.init(moniker=args.moniker, region=args.region)
+    for path in written:
+        print(f"wrote {path}")
+    print(f"node id: {_peer_id(home)}")
+    return 0
+
+
+def _peer_id(home: Home) -> str:
+    from node.p2p import peer_id_of
+
+    return peer_id_of(read_key_file(home.node_key_file))
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    root = resolve_home(args.home)
+    home = Home(root)
+    if not home.config_file.exists() and not home.node_key_file.exists():
+        overrides = _overrides(args)
+        home.init(moniker=overrides.get(("node", "moniker"), "dcloud-node"),
+                  region=overrides.get(("node", "region"), "default"))
+        print(f"initialised a new node home at {root}", file=sys.stderr)
+    config = load_config(root, overrides=_overrides(args), require_file=True)
+    # Check what a typo can break before anything binds a port.
+    from node.p2p import parse_listen_addr, parse_peer_addr
+
+    for addr in config.p2p.listen_addrs + config.p2p.announce_addrs:
+        parse_listen_addr(addr)
+    for addr in config.p2p.bootstrap:
+        parse_peer_addr(addr)
+    from node.app import start_node
+
+    start_node(config)
+    return 0
+
+
+def cmd_keys_show(args: argparse.Namespace) -> int:
+    home = Home(resolve_home(args.home))
+    node_key = read_key_file(home.node_key_file)
+    validator_key = read_key_file(home.validator_key_file)
+    doc = {
+        "peer_id": _peer_id(home),
+        "node_public_key": node_key.public_key.hex(),
+        "validator_public_key": validator_key.public_key.hex(),
+        "validator_address": validator_key.address,
+    }
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        width = max(map(len, doc))
+        for k, v in doc.items():
+            print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def api_url_of_home(home_arg: str | None) -> str:
+    """The running node's API URL (from its lock file), else the one its config names."""
+    root = resolve_home(home_arg)
+    running = read_lock_info(Home(root).lock_file).get("api_url")
+    if isinstance(running, str) and running.startswith("http://"):
+        return running
+    config = load_config(root, require_file=True)
+    host, port = config.api_host_port
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"
+
+
+def fetch_json(url: str, timeout: float = 5.0) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - operator's URL
+            return json.loads(resp.read(16 * 1024 * 1024))
+    except urllib.error.HTTPError as exc:
+        body = exc.read(65536)
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise CliError(f"{url} answered HTTP {exc.code}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise CliError(f"cannot reach the node at {url}: {reason}") from exc
+    except ValueError as exc:
+        raise CliError(f"{url} did not answer JSON") from exc
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    base = args.url.rstrip("/") if args.url else api_url_of_home(args.home)
+    doc = fetch_json(f"{base}/status")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(format_status(doc))
+    return 0
+
+
+def format_status(doc: dict[str, Any]) -> str:
+    rows = [
+        ("node id", doc.get("node_id")),
+        ("moniker", doc.get("moniker")),
+        ("region", doc.get("region")),
+        ("version", doc.get("version")),
+        ("uptime", f"{doc.get('uptime_s', 0):.0f} s"),
+        ("ready", doc.get("ready")),
+    ]
+    lines = [f"{k:<10} {v}" for k, v in rows]
+    for i, addr in enumerate(doc.get("listen_addrs", [])):
+        lines.append(f"{'listen' if i == 0 else '':<10} {addr}")
+    peers = doc.get("peers", [])
+    lines.append(f"{'peers':<10} {len(peers)}")
+    if peers:
+        lines.append("")
+        lines.append(f"  {'PEER ID':<54} {'MONIKER':<14} {'REGION':<12} {'LATENCY':>9}  ADDRESS")
+        for p in peers:
+            lat = "-" if p.get("latency_ms") is None else f"{p['latency_ms']:.1f} ms"
+            addr = (p.get("addrs") or ["-"])[0]
+            lines.append(f"  {p['peer_id']:<54} {str(p.get('moniker') or '-'):<14} "
+                         f"{str(p.get('region') or '-'):<12} {lat:>9}  {addr}")
+    return "\n".join(lines)
+
+
+def cmd_testnet(args: argparse.Namespace) -> int:
+    from node import testnet
+
+    directory = Path(args.dir).expanduser().resolve()
+    if args.testnet_command == "up":
+        return testnet.up(directory, nodes=args.nodes, base_port=args.base_port,
+                          timeout=args.timeout)
+    if args.testnet_command == "down":
+        return testnet.down(directory, grace=args.grace)
+    return testnet.status(directory)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {
+        "init": cmd_init,
+        "start": cmd_start,
+        "keys": cmd_keys_show,
+        "status": cmd_status,
+        "testnet": cmd_testnet,
+    }
+    from node.p2p import BadAddressError, P2PStartError
+    from node.api.http import ApiStartError
+
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, KeyFileError, NodeLockedError, CliError, BadAddressError,
+            P2PStartError, ApiStartError) as exc:
+        print(f"dcloud-node: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+

@@ -1,0 +1,63 @@
+"""Prometheus metrics of one node, in a registry the node owns (no global state)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info, generate_latest
+
+from node import __version__
+
+
+class P2PMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.peers = Gauge("dcloud_p2p_peers", "Connected peers.", registry=registry)
+        self.dials = Counter(
+            "dcloud_p2p_dials", "Outbound connection attempts.", registry=registry
+        )
+        self.dial_failures = Counter(
+            "dcloud_p2p_dial_failures", "Outbound connection attempts that failed.",
+            registry=registry,
+        )
+        self.received_bytes = Counter(
+            "dcloud_p2p_received_bytes", "Bytes received on libp2p connections (encrypted).",
+            registry=registry,
+        )
+        self.sent_bytes = Counter(
+            "dcloud_p2p_sent_bytes", "Bytes sent on libp2p connections (encrypted).",
+            registry=registry,
+        )
+        self.pings_failed = Counter(
+            "dcloud_p2p_ping_failures", "Pings to connected peers that failed or timed out.",
+            registry=registry,
+        )
+        self.bad_frames = Counter(
+            "dcloud_p2p_rejected_frames", "Frames rejected as malformed or oversized.",
+            ["protocol"], registry=registry,
+        )
+        self.peer_disconnects = Counter(
+            "dcloud_p2p_penalty_disconnects", "Peers disconnected for misbehaviour.",
+            registry=registry,
+        )
+
+
+class NodeMetrics:
+    """All metrics of one node process."""
+
+    def __init__(self, *, moniker: str, region: str, node_id: str) -> None:
+        self.registry = CollectorRegistry()
+        self.started_at = time.monotonic()
+        build = Info("dcloud_node_build", "Build and identity of this node.", registry=self.registry)
+        build.info({"version": __version__, "moniker": moniker, "region": region,
+                    "node_id": node_id})
+        uptime = Gauge("dcloud_node_uptime_seconds", "Seconds since the node started.",
+                       registry=self.registry)
+        uptime.set_function(lambda: time.monotonic() - self.started_at)
+        self.http_requests = Counter(
+            "dcloud_http_requests", "HTTP API requests by path class and status code.",
+            ["route", "code"], registry=self.registry,
+        )
+        self.p2p = P2PMetrics(self.registry)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,64 @@
+"""Multiaddr parsing and checks, with errors an operator can act on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import multiaddr
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+
+
+class BadAddressError(ValueError):
+    """A multiaddr is malformed or lacks a part it needs."""
+
+
+@dataclass(frozen=True)
+class PeerAddr:
+    """A dialable peer: its id and one multiaddr ending in /p2p/<id>."""
+
+    peer_id: str
+    addr: str
+
+    def to_peer_info(self) -> PeerInfo:
+        return info_from_p2p_addr(multiaddr.Multiaddr(self.addr))
+
+
+def parse_listen_addr(text: str) -> multiaddr.Multiaddr:
+    try:
+        maddr = multiaddr.Multiaddr(text)
+    except Exception as exc:  # the multiaddr package raises several unrelated types
+        raise BadAddressError(f"malformed listen multiaddr {text!r}: {exc}") from exc
+    names = [p.name for p in maddr.protocols()]
+    if len(names) < 2 or names[0] not in ("ip4", "ip6") or names[1] != "tcp":
+        raise BadAddressError(
+            f"listen multiaddr {text!r} must look like /ip4/<addr>/tcp/<port>"
+        )
+    return maddr
+
+
+def parse_peer_addr(text: str) -> PeerAddr:
+    """Parse a bootstrap address such as /ip4/127.0.0.1/tcp/26656/p2p/12D3Koo..."""
+    try:
+        maddr = multiaddr.Multiaddr(text)
+    except Exception as exc:
+        raise BadAddressError(f"malformed multiaddr {text!r}: {exc}") from exc
+    names = [p.name for p in maddr.protocols()]
+    if "p2p" not in names:
+        raise BadAddressError(f"multiaddr {text!r} must end in /p2p/<peer-id>")
+    if not names or names[0] not in ("ip4", "ip6", "dns", "dns4", "dns6"):
+        raise BadAddressError(f"multiaddr {text!r} must start with /ip4, /ip6 or /dns")
+    if "tcp" not in names:
+        raise BadAddressError(f"multiaddr {text!r} has no /tcp/<port> part")
+    try:
+        info = info_from_p2p_addr(maddr)
+    except Exception as exc:
+        raise BadAddressError(f"multiaddr {text!r} has a bad peer id: {exc}") from exc
+    return PeerAddr(peer_id=info.peer_id.to_base58(), addr=str(maddr))
+
+
+def peer_id_from_text(text: str) -> ID:
+    try:
+        return ID.from_base58(text)
+    except Exception as exc:
+        raise BadAddressError(f"bad peer id {text!r}") from exc

@@ -1,0 +1,416 @@
+"""The libp2p host of a node: TCP + Noise + yamux, identify, ping, Kademlia DHT, gossipsub.
+
+`P2PNetwork` is the small interface the rest of the node uses (open a protocol stream, set a
+handler, publish/subscribe a topic, find peers/providers). Nothing outside node.p2p sees a
+libp2p type.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.network.config import ConnectionConfig
+from libp2p.network.connection.raw_connection import RawConnection
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+from libp2p.pubsub.gossipsub import PROTOCOL_ID as GOSSIPSUB_PROTOCOL_ID
+from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.tools.anyio_service import background_trio_service
+from libp2p.transport.tcp.tcp import TCP
+
+from node.config import P2PSection
+from node.crypto import Ed25519Key
+from node.metrics import P2PMetrics
+from node.p2p.addrs import PeerAddr, parse_listen_addr
+from node.p2p.peers import PeerBook
+from node.p2p.stream import Stream
+
+log = logging.getLogger("dcloud.p2p")
+
+StreamHandler = Callable[[Stream], Awaitable[None]]
+
+# A subscription's own buffer; libp2p's holds only 32 messages (notes/libp2p.md trap 5),
+# so a task drains it into this larger one at once.
+SUBSCRIPTION_BUFFER = 1024
+
+
+@dataclass(frozen=True)
+class Message:
+    """A gossip message as delivered to a subscriber."""
+
+    topic: str
+    data: bytes
+    from_peer: str
+
+
+def _check_port_free(addr: multiaddr.Multiaddr) -> None:
+    """Fail early and clearly if a TCP listen address is taken.
+
+    libp2p's listener sets SO_REUSEPORT, so a second node could silently share a port;
+    this probe binds without it.
+    """
+    family = socket.AF_INET6 if addr.protocols()[0].name == "ip6" else socket.AF_INET
+    ip = addr.value_for_protocol(addr.protocols()[0].code)
+    port = int(addr.value_for_protocol("tcp"))
+    if port == 0:
+        return
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((ip, port))
+        except OSError as exc:
+            raise P2PStartError(f"cannot listen on {addr}: {exc.strerror or exc}") from exc
+
+
+def peer_id_of(key: Ed25519Key) -> str:
+    """The libp2p peer id (base58) of a node key: the node's id everywhere."""
+    return str(ID.from_pubkey(create_new_key_pair(key.seed).public_key).to_base58())
+
+
+class _CountingTCP(TCP):
+    """TCP transport that counts bytes in and out of every connection for /metrics."""
+
+    def __init__(self, metrics: P2PMetrics) -> None:
+        super().__init__()
+        self._metrics = metrics
+
+    def _wrap(self, raw: Any) -> Any:
+        if not isinstance(raw, RawConnection):
+            return raw
+        return _CountingConnection(raw, self._metrics)
+
+    async def dial(self, maddr: multiaddr.Multiaddr) -> Any:
+        return self._wrap(await super().dial(maddr))
+
+    def create_listener(self, handler_function: Any) -> Any:
+        async def counted(raw: Any) -> None:
+            await handler_function(self._wrap(raw))
+
+        return super().create_listener(counted)
+
+
+class _CountingConnection(RawConnection):
+    def __init__(self, inner: RawConnection, metrics: P2PMetrics) -> None:
+        super().__init__(
+            inner.stream, inner.is_initiator, inner._connection_type, inner._actual_addresses
+        )
+        self._metrics = metrics
+
+    async def write(self, data: bytes) -> None:
+        await super().write(data)
+        self._metrics.sent_bytes.inc(len(data))
+
+    async def read(self, n: int | None = None) -> bytes:
+        data = await super().read(n)
+        self._metrics.received_bytes.inc(len(data))
+        return data
+
+
+class _ConnectionEvents(INotifee):
+    """Forwards libp2p connection events to the network (as peer ids in text)."""
+
+    def __init__(self, network: P2PNetwork) -> None:
+        self._network = network
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        self._network._on_connected(conn.muxed_conn.peer_id.to_base58())
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        self._network._on_disconnected(conn.muxed_conn.peer_id.to_base58())
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        pass
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        pass
+
+
+class P2PNetwork:
+    """One node's libp2p presence and the interface other services use to talk to peers."""
+
+    def __init__(self, key: Ed25519Key, config: P2PSection, metrics: P2PMetrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._key_pair = create_new_key_pair(key.seed)
+        self.peer_id = ID.from_pubkey(self._key_pair.public_key).to_base58()
+        self._listen = [parse_listen_addr(a) for a in config.listen_addrs]
+        self._announce = [parse_listen_addr(a) for a in config.announce_addrs]
+        self.book = PeerBook(self)
+        self._host: Any = None
+        self._pubsub: Any = None
+        self._dht: Any = None
+        self._handlers: dict[str, StreamHandler] = {}
+        self._nursery: trio.Nursery | None = None
+        self.connection_changed = trio.Event()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def _build_host(self) -> Any:
+        noise = NoiseTransport(
+            self._key_pair, noise_privkey=create_new_x25519_key_pair().private_key
+        )
+        return new_host(
+            key_pair=self._key_pair,
+            # Noise only: new_host would also offer plaintext (notes/libp2p.md trap 1).
+            sec_opt={NOISE_PROTOCOL_ID: noise},
+            muxer_opt={YAMUX_PROTOCOL_ID: Yamux},
+            listen_addrs=self._listen,
+            transports=[_CountingTCP(self.metrics)],
+            # One connection per peer: dials take ~10 ms instead of 250 ms (trap 2).
+            connection_config=ConnectionConfig(
+                max_connections_per_peer=1,
+                dial_timeout=self.config.dial_timeout_s,
+                # Our PeerBook decides whom to dial; libp2p's own auto-connect and
+                # pruning stay out of the way (min 0, watermarks at the cap).
+                max_connections=max(self.config.max_peers * 2, 16),
+                high_watermark=max(self.config.max_peers * 2, 16),
+                low_watermark=0,
+                min_connections=0,
+            ),
+            announce_addrs=self._announce or None,
+        )
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        host = self._build_host()
+        self._host = host
+        # libp2p's AutoConnector dials every peer-store entry up to its watermarks; the
+        # PeerBook owns that decision (target_peers, backoff, bans), so it is switched off.
+        auto_connector = getattr(host.get_network(), "auto_connector", None)
+        if auto_connector is not None:
+            async def _peer_book_decides() -> None:
+                return None
+
+            auto_connector.maybe_connect = _peer_book_decides
+        router = GossipSub(
+            protocols=[GOSSIPSUB_PROTOCOL_ID],
+            degree=6,
+            degree_low=4,
+            degree_high=12,
+            heartbeat_interval=1,  # the default is 120 s (trap 8)
+            spam_protection_enabled=False,  # it silently drops our own publishes (trap 3)
+        )
+        # Pubsub must exist before any connect() (trap 12).
+        self._pubsub = Pubsub(host, router, strict_signing=True)
+        self._dht = KadDHT(host, DHTMode.SERVER)
+        host.get_network().register_notifee(_ConnectionEvents(self))
+        for addr in self._listen:
+            _check_port_free(addr)
+        async with AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(host.run(listen_addrs=self._listen))
+            except OSError as exc:
+                raise P2PStartError(
+                    f"cannot listen on {', '.join(map(str, self._listen))}: {exc.strerror or exc}"
+                ) from exc
+            if not host.get_transport_addrs():
+                # libp2p logs a failed listen and carries on; a node nobody can dial is useless.
+                raise P2PStartError(f"cannot listen on {', '.join(map(str, self._listen))}")
+            await stack.enter_async_context(background_trio_service(self._pubsub))
+            await stack.enter_async_context(background_trio_service(router))
+            await stack.enter_async_context(background_trio_service(self._dht))
+            await self._pubsub.wait_until_ready()
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self.book.run)
+                log.info("p2p listening", extra={"addrs": self.listen_addrs()})
+                task_status.started()
+                await trio.sleep_forever()
+
+    # ---- connection events -----------------------------------------------------------------
+
+    def _wake(self) -> None:
+        self.connection_changed.set()
+        self.connection_changed = trio.Event()
+
+    def _on_connected(self, peer_id: str) -> None:
+        self.metrics.peers.set(len(self.connected_peer_ids()))
+        self.book.on_connected(peer_id)
+        self._wake()
+
+    def _on_disconnected(self, peer_id: str) -> None:
+        self.metrics.peers.set(len(self.connected_peer_ids()))
+        self.book.on_disconnected(peer_id)
+        self._wake()
+
+    # ---- what the rest of the node uses ----------------------------------------------------
+
+    def listen_addrs(self) -> list[str]:
+        """Full multiaddrs (ending in /p2p/<id>) peers can dial."""
+        if self._host is None:
+            return []
+        out = []
+        for addr in self._host.get_addrs():
+            text = str(addr)
+            if "/p2p/" not in text:
+                text = f"{text}/p2p/{self.peer_id}"
+            out.append(text)
+        return out
+
+    def connected_peer_ids(self) -> list[str]:
+        if self._host is None:
+            return []
+        return sorted(p.to_base58() for p in self._host.get_connected_peers())
+
+    def is_connected(self, peer_id: str) -> bool:
+        if self._host is None:
+            return False
+        return bool(self._host.get_network().get_connections(ID.from_base58(peer_id)))
+
+    def peer_addrs(self, peer_id: str) -> list[str]:
+        if self._host is None:
+            return []
+        try:
+            return [str(a) for a in self._host.get_peerstore().addrs(ID.from_base58(peer_id))]
+        except Exception:  # an unknown peer has no addresses
+            return []
+
+    def known_peer_ids(self) -> list[str]:
+        """Peers with addresses in the peer store (connected or not), excluding ourselves."""
+        if self._host is None:
+            return []
+        return [p.to_base58() for p in self._host.get_peerstore().peers_with_addrs()
+                if p.to_base58() != self.peer_id]
+
+    async def connect(self, peer: PeerAddr | str) -> None:
+        """Dial a peer (a PeerAddr, or the id of a peer whose addresses we know)."""
+        if isinstance(peer, PeerAddr):
+            info = peer.to_peer_info()
+        else:
+            pid = ID.from_base58(peer)
+            info = PeerInfo(pid, self._host.get_peerstore().addrs(pid))
+        self.metrics.dials.inc()
+        try:
+            with trio.fail_after(self.config.dial_timeout_s):
+                await self._host.connect(info)
+        except Exception as exc:
+            self.metrics.dial_failures.inc()
+            raise DialError(f"dial {info.peer_id.to_base58()} failed: {exc!r}") from exc
+
+    async def disconnect(self, peer_id: str) -> None:
+        await self._host.disconnect(ID.from_base58(peer_id))
+
+    async def ping(self, peer_id: str) -> float:
+        """One ping round trip to a connected peer, in milliseconds (float)."""
+        from libp2p.host.ping import ID as PING_ID
+
+        raw = await self._host.new_stream(ID.from_base58(peer_id), [PING_ID])
+        try:
+            payload = secrets.token_bytes(32)
+            start = trio.current_time()
+            await raw.write(payload)
+            got = b""
+            while len(got) < 32:
+                chunk = await raw.read(32 - len(got))
+                if not chunk:
+                    raise DialError(f"{peer_id} closed the ping stream")
+                got += chunk
+            if got != payload:
+                raise DialError(f"{peer_id} answered ping with wrong bytes")
+            return (trio.current_time() - start) * 1000.0
+        finally:
+            await raw.close()
+
+    async def open_stream(self, peer_id: str, protocol: str) -> Stream:
+        try:
+            raw = await self._host.new_stream(ID.from_base58(peer_id), [protocol])
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            raise DialError(f"cannot open {protocol} to {peer_id}: {exc!r}") from exc
+        return Stream(raw, peer_id, protocol, self.config.max_frame_bytes)
+
+    def set_handler(self, protocol: str, handler: StreamHandler) -> None:
+        """Serve `protocol`: each inbound stream runs `handler` in the host's task."""
+        self._handlers[protocol] = handler
+
+        async def on_stream(raw: INetStream) -> None:
+            peer_id = raw.muxed_conn.peer_id.to_base58()
+            stream = Stream(raw, peer_id, protocol, self.config.max_frame_bytes)
+            try:
+                await handler(stream)
+            except trio.Cancelled:
+                raise
+            except Exception as exc:  # a handler bug or bad peer never takes the node down
+                log.warning("handler for %s failed on stream from %s: %r", protocol, peer_id, exc)
+                await stream.reset()
+
+        self._host.set_stream_handler(protocol, on_stream)
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        await self._pubsub.publish(topic, data)
+        # publish() does not yield; give the outbound queues a chance (trap 4).
+        await trio.sleep(0)
+
+    async def subscribe(self, topic: str) -> AsyncIterator[Message]:
+        """Messages on `topic`, drained continuously so libp2p never drops them (trap 5)."""
+        sub = await self._pubsub.subscribe(topic)
+        send, recv = trio.open_memory_channel[Message](SUBSCRIPTION_BUFFER)
+
+        async def drain() -> None:
+            async with send:
+                while True:
+                    msg = await sub.get()
+                    item = Message(topic, bytes(msg.data), ID(msg.from_id).to_base58())
+                    try:
+                        send.send_nowait(item)
+                    except trio.WouldBlock:
+                        log.warning("subscriber of %s is slow; dropping a message", topic)
+
+        assert self._nursery is not None
+        self._nursery.start_soon(drain)
+        async with recv:
+            async for item in recv:
+                yield item
+
+    async def find_closest_peers(self) -> list[str]:
+        """Ask the DHT for peers near a random key; their addresses land in the peer store."""
+        key = hashlib.sha256(secrets.token_bytes(16)).digest()
+        found = await self._dht.peer_routing.find_closest_peers_network(key)
+        own = await self._dht.peer_routing.find_closest_peers_network(
+            ID.from_base58(self.peer_id).to_bytes()
+        )
+        return sorted({p.to_base58() for p in [*found, *own]} - {self.peer_id})
+
+    async def add_to_routing_table(self, peer_id: str) -> None:
+        await self._dht.add_peer(ID.from_base58(peer_id))
+
+    async def provide(self, key: str) -> bool:
+        return bool(await self._dht.provide(key))
+
+    async def find_providers(self, key: str, count: int = 20) -> list[str]:
+        infos = await self._dht.find_providers(key, count)
+        # find_providers can repeat a provider (trap 11).
+        return sorted({i.peer_id.to_base58() for i in infos})
+
+
+class P2PStartError(Exception):
+    """The host could not start (for example, the port is in use)."""
+
+
+class DialError(Exception):
+    """A peer could not be reached or a stream could not be opened."""

@@ -1,0 +1,141 @@
+"""Streams as the rest of the node sees them: length-prefixed frames with hard size limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+MAX_VARINT_BYTES = 10
+
+
+class StreamError(Exception):
+    """The stream broke or was reset."""
+
+
+class FrameTooLarge(StreamError):
+    """The peer announced a frame larger than the protocol's limit."""
+
+
+class MalformedFrame(StreamError):
+    """The peer sent bytes that are not a valid frame."""
+
+
+def encode_uvarint(value: int) -> bytes:
+    if value < 0:
+        raise ValueError("uvarint must be >= 0")
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def encode_frame(payload: bytes) -> bytes:
+    return encode_uvarint(len(payload)) + payload
+
+
+class Stream:
+    """One libp2p stream to `peer_id` speaking `protocol`.
+
+    Wraps a libp2p stream so that no caller outside node.p2p touches libp2p types.
+    Every read is bounded: `read_frame` refuses frames above `max_frame_bytes`.
+    """
+
+    def __init__(self, raw: Any, peer_id: str, protocol: str, max_frame_bytes: int) -> None:
+        self._raw = raw
+        self.peer_id = peer_id
+        self.protocol = protocol
+        self.max_frame_bytes = max_frame_bytes
+        self._buffer = bytearray()
+
+    async def _fill(self, want: int) -> None:
+        while len(self._buffer) < want:
+            try:
+                chunk = await self._raw.read(max(want - len(self._buffer), 65536))
+            except trio.Cancelled:
+                raise
+            except Exception as exc:
+                raise StreamError(f"stream from {self.peer_id} broke: {exc!r}") from exc
+            if not chunk:
+                raise StreamError(f"stream from {self.peer_id} closed mid-frame")
+            self._buffer += chunk
+
+    async def read_exactly(self, n: int) -> bytes:
+        await self._fill(n)
+        out = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return out
+
+    async def read_frame(self, max_bytes: int | None = None) -> bytes | None:
+        """The next frame, or None on a clean end of stream before a frame starts."""
+        limit = self.max_frame_bytes if max_bytes is None else min(max_bytes, self.max_frame_bytes)
+        length = 0
+        for i in range(MAX_VARINT_BYTES):
+            if not self._buffer:
+                try:
+                    chunk = await self._raw.read(65536)
+                except trio.Cancelled:
+                    raise
+                except Exception as exc:
+                    if i == 0:
+                        return None
+                    raise StreamError(f"stream from {self.peer_id} broke: {exc!r}") from exc
+                if not chunk:
+                    if i == 0:
+                        return None
+                    raise MalformedFrame(f"stream from {self.peer_id} ended inside a length")
+                self._buffer += chunk
+            byte = self._buffer[0]
+            del self._buffer[0]
+            length |= (byte & 0x7F) << (7 * i)
+            if length > limit:
+                raise FrameTooLarge(
+                    f"{self.peer_id} sent a frame of at least {length} bytes on "
+                    f"{self.protocol} (limit {limit})"
+                )
+            if not byte & 0x80:
+                break
+        else:
+            raise MalformedFrame(f"{self.peer_id} sent an overlong length prefix")
+        return await self.read_exactly(length)
+
+    async def write_frame(self, payload: bytes) -> None:
+        await self.write(encode_frame(payload))
+
+    async def write(self, data: bytes) -> None:
+        try:
+            await self._raw.write(data)
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            raise StreamError(f"write to {self.peer_id} failed: {exc!r}") from exc
+
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        """Raw bytes (for streaming bulk data); b"" at end of stream."""
+        if self._buffer:
+            out = bytes(self._buffer[:max_bytes])
+            del self._buffer[:max_bytes]
+            return out
+        try:
+            return bytes(await self._raw.read(max_bytes))
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            raise StreamError(f"stream from {self.peer_id} broke: {exc!r}") from exc
+
+    async def close(self) -> None:
+        try:
+            await self._raw.close()
+        except Exception:  # closing a broken stream is not an error worth raising
+            pass
+
+    async def reset(self) -> None:
+        try:
+            await self._raw.reset()
+        except Exception:
+            pass
