@@ -253,11 +253,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     from node.p2p import BadAddressError, P2PStartError
     from node.api.http import ApiStartError
+    from node.testnet import TestnetError
 
     try:
         return handlers[args.command](args)
     except (ConfigError, KeyFileError, NodeLockedError, CliError, BadAddressError,
-            P2PStartError, ApiStartError) as exc:
+            P2PStartError, ApiStartError, TestnetError) as exc:
         print(f"dcloud-node: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -27,7 +27,6 @@ def unpack(data: bytes, *, max_bytes: int, max_items: int = 1024) -> Any:
             data,
             raw=False,
             strict_map_key=True,
-            max_buffer_size=max_bytes,
             max_str_len=max_bytes,
             max_bin_len=max_bytes,
             max_array_len=max_items,
@@ -36,4 +35,4 @@ def unpack(data: bytes, *, max_bytes: int, max_items: int = 1024) -> Any:
         )
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
             TypeError, RecursionError) as exc:
-        raise DecodeError(f"malformed msgpack: {exc}") from exc
+        raise DecodeError(f"malformed msgpack: {exc.__class__.__name__} {exc}".strip()) from exc

@@ -1,0 +1,272 @@
+"""`dcloud-node testnet`: a local multi-node network of real processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from node.crypto import read_key_file
+from node.home import Home
+
+REGIONS = ["us-east", "eu-west", "ap-south"]
+TESTNET_FILE = "testnet.json"
+HOST = "127.0.0.1"
+
+
+class TestnetError(Exception):
+    """The testnet could not be brought up, inspected or stopped; the message says why."""
+
+
+@dataclass
+class TestnetNode:
+    name: str
+    home: str
+    peer_id: str
+    p2p_addr: str
+    http_url: str
+    pid: int | None
+
+
+def ports(base_port: int, index: int) -> tuple[int, int]:
+    return base_port + 10 * index, base_port + 10 * index + 1
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (our exited child not yet reaped) is not alive.
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _is_our_node(pid: int, home: str) -> bool:
+    """True if `pid` is a dcloud-node started on `home` (guards against reused PIDs)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+    except OSError:
+        return False
+    return home.encode() in args and any(b"node" in a for a in args)
+
+
+def load(directory: Path) -> list[TestnetNode]:
+    path = directory / TESTNET_FILE
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        return [TestnetNode(**entry) for entry in doc]
+    except FileNotFoundError as exc:
+        raise TestnetError(f"no testnet in {directory} (missing {TESTNET_FILE})") from exc
+    except (ValueError, TypeError) as exc:
+        raise TestnetError(f"{path} is not a valid testnet file: {exc}") from exc
+
+
+def save(directory: Path, nodes: list[TestnetNode]) -> None:
+    tmp = directory / (TESTNET_FILE + ".tmp")
+    tmp.write_text(json.dumps([asdict(n) for n in nodes], indent=2) + "\n", encoding="utf-8")
+    tmp.replace(directory / TESTNET_FILE)
+
+
+def plan(directory: Path, count: int, base_port: int) -> list[TestnetNode]:
+    """Create missing homes and return the testnet's nodes (not yet started)."""
+    nodes: list[TestnetNode] = []
+    homes = [Home(directory / f"node{i}") for i in range(count)]
+    for i, home in enumerate(homes):
+        if not home.node_key_file.exists():
+            home.init(moniker=f"node{i}", region=REGIONS[i % len(REGIONS)])
+    from node.p2p import peer_id_of
+
+    peer_ids = [peer_id_of(read_key_file(h.node_key_file)) for h in homes]
+    p2p0, _ = ports(base_port, 0)
+    bootstrap = f"/ip4/{HOST}/tcp/{p2p0}/p2p/{peer_ids[0]}"
+    for i, home in enumerate(homes):
+        p2p_port, http_port = ports(base_port, i)
+        settings = {
+            ("p2p", "listen_addrs"): [f"/ip4/{HOST}/tcp/{p2p_port}"],
+            ("p2p", "bootstrap"): [] if i == 0 else [bootstrap],
+            ("p2p", "target_peers"): max(count - 1, 1),
+            ("p2p", "max_peers"): max(count + 8, 16),
+            ("api", "listen"): f"{HOST}:{http_port}",
+            ("node", "log_format"): "json",
+        }
+        _write_testnet_config(home, f"node{i}", REGIONS[i % len(REGIONS)], settings)
+        nodes.append(TestnetNode(
+            name=f"node{i}", home=str(home.root), peer_id=peer_ids[i],
+            p2p_addr=f"/ip4/{HOST}/tcp/{p2p_port}/p2p/{peer_ids[i]}",
+            http_url=f"http://{HOST}:{http_port}", pid=None,
+        ))
+    return nodes
+
+
+def _write_testnet_config(home: Home, moniker: str, region: str,
+                          settings: dict[tuple[str, str], Any]) -> None:
+    """(Re)write the node's config.toml so that `start --home` alone restarts it identically."""
+    from node.config import load_config, render_config_toml
+
+    values: dict[tuple[str, str], Any] = {("node", "moniker"): moniker, ("node", "region"): region}
+    if home.config_file.exists():
+        # Keep what an operator changed by hand; the testnet's own settings win.
+        current = load_config(home.root, env={})
+        for section in ("node", "p2p", "api"):
+            for key, value in asdict(getattr(current, section)).items():
+                values[(section, key)] = value
+    values.update(settings)
+    home.config_file.write_text(render_config_toml(values), encoding="utf-8")
+
+
+def start_process(home: str) -> int:
+    log_dir = Path(home) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    out = open(log_dir / "stdout.log", "ab")  # noqa: SIM115 - handed to the child
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DCLOUD_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "node", "start", "--home", home],
+        stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        start_new_session=True, env=env, close_fds=True,
+    )
+    out.close()
+    return proc.pid
+
+
+def fetch_status(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"{url}/status", timeout=timeout) as resp:  # noqa: S310
+            doc = json.loads(resp.read(4 * 1024 * 1024))
+            return doc if isinstance(doc, dict) else None
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def up(directory: Path, *, nodes: int, base_port: int, timeout: float) -> int:
+    if nodes < 1 or nodes > 64:
+        raise TestnetError("--nodes must be between 1 and 64")
+    if not 1024 <= base_port <= 65535 - 10 * nodes:
+        raise TestnetError("--base-port leaves no room for that many nodes")
+    directory.mkdir(parents=True, exist_ok=True)
+    previous = {}
+    if (directory / TESTNET_FILE).exists():
+        previous = {n.name: n for n in load(directory)}
+    members = plan(directory, nodes, base_port)
+    for node in members:
+        old = previous.get(node.name)
+        if old and pid_alive(old.pid) and _is_our_node(old.pid or 0, node.home):
+            node.pid = old.pid
+            print(f"{node.name}: already running (pid {node.pid})")
+            continue
+        for port in ports(base_port, int(node.name[4:])):
+            if not _port_free(port):
+                raise TestnetError(f"port {port} on {HOST} is in use: choose another --base-port "
+                                   f"or stop what holds it")
+    for node in members:
+        if node.pid is None:
+            node.pid = start_process(node.home)
+            print(f"{node.name}: started pid {node.pid} ({node.http_url})")
+    save(directory, members)
+
+    print(f"waiting up to {timeout:.0f} s for {nodes} node(s) to be ready "
+          f"with {nodes - 1} peer(s) each...")
+    deadline = time.monotonic() + timeout
+    last_report = 0.0
+    while True:
+        statuses = [fetch_status(n.http_url) for n in members]
+        done = [s is not None and s.get("ready") and len(s.get("peers", [])) >= nodes - 1
+                for s in statuses]
+        dead = [n for n in members if not pid_alive(n.pid)]
+        if dead:
+            names = ", ".join(f"{n.name} (see {n.home}/logs/stdout.log)" for n in dead)
+            raise TestnetError(f"node process exited during start-up: {names}")
+        if all(done):
+            break
+        now = time.monotonic()
+        if now > deadline:
+            waiting = ", ".join(n.name for n, ok in zip(members, done, strict=True) if not ok)
+            raise TestnetError(f"not ready after {timeout:.0f} s: {waiting} "
+                               f"(nodes keep running; see their logs, or `testnet down`)")
+        if now - last_report > 5:
+            print(f"  {sum(done)}/{nodes} ready")
+            last_report = now
+        time.sleep(0.3)
+    print(format_table(members, statuses))
+    return 0
+
+
+def format_table(members: list[TestnetNode], statuses: list[dict[str, Any] | None]) -> str:
+    lines = [f"{'NAME':<8} {'PID':>7} {'STATE':<8} {'PEERS':>5} {'REGION':<10} "
+             f"{'HTTP':<24} P2P"]
+    for node, st in zip(members, statuses, strict=True):
+        alive = pid_alive(node.pid)
+        state = "down" if not alive else ("ready" if st and st.get("ready") else
+                                          ("starting" if st is None else "waiting"))
+        peers = len(st.get("peers", [])) if st else 0
+        region = st.get("region", "-") if st else "-"
+        lines.append(f"{node.name:<8} {node.pid or '-':>7} {state:<8} {peers:>5} {region:<10} "
+                     f"{node.http_url:<24} {node.p2p_addr}")
+    return "\n".join(lines)
+
+
+def down(directory: Path, *, grace: float) -> int:
+    members = load(directory)
+    running = [n for n in members if pid_alive(n.pid) and _is_our_node(n.pid or 0, n.home)]
+    for node in running:
+        os.kill(node.pid or 0, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(pid_alive(n.pid) for n in running):
+        _reap()
+        time.sleep(0.1)
+    for node in running:
+        if pid_alive(node.pid):
+            print(f"{node.name}: still running after {grace:.0f} s, sending SIGKILL")
+            os.kill(node.pid or 0, signal.SIGKILL)
+    for node in running:
+        while pid_alive(node.pid):
+            _reap()
+            time.sleep(0.05)
+    for node in members:
+        print(f"{node.name}: stopped" if node in running else f"{node.name}: was not running")
+        node.pid = None
+    save(directory, members)
+    return 0
+
+
+def _reap() -> None:
+    """Collect exited children (when `up` and `down` run in one process, as in tests)."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
+
+
+def status(directory: Path) -> int:
+    members = load(directory)
+    statuses = [fetch_status(n.http_url) if pid_alive(n.pid) else None for n in members]
+    print(format_table(members, statuses))
+    return 0
