@@ -1,0 +1,70 @@
+"""The developers' one-command testnet: real processes, full mesh, DHT discovery, restarts."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from tests.integration.conftest import cli, pid_alive, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _full_mesh(net) -> bool:
+    members = net.members()
+    ids = {m["peer_id"] for m in members}
+    return all(net.peers_of(m) == ids - {m["peer_id"]} for m in members)
+
+
+def test_four_node_testnet_mesh_discovery_restart_and_down(testnet_factory):
+    net = testnet_factory(4)
+    out = net.up().stdout
+    members = net.members()
+    assert [m["name"] for m in members] == ["node0", "node1", "node2", "node3"]
+    for m in members:
+        assert m["name"] in out and m["peer_id"] in out
+        assert pid_alive(m["pid"])
+        assert m["p2p_addr"].endswith(f"/p2p/{m['peer_id']}")
+    assert _full_mesh(net)
+
+    # Every node other than node0 was given node0 alone as bootstrap peer: the links
+    # between them were found through the DHT.
+    for m in members[1:]:
+        config = (os.path.join(m["home"], "config.toml"))
+        text = open(config).read()
+        assert members[0]["peer_id"] in text
+        for other in members[1:]:
+            assert other["peer_id"] not in text
+    assert members[2]["peer_id"] in net.peers_of(members[1])
+
+    # Regions are spread over more than one name.
+    regions = {cli("status", "--url", m["http_url"], "--json").stdout.count('"region"')
+               and __import__("json").loads(
+                   cli("status", "--url", m["http_url"], "--json").stdout)["region"]
+               for m in members}
+    assert len(regions) >= 2
+
+    lines = cli("testnet", "status", "--dir", str(net.directory)).stdout.strip().splitlines()
+    assert len(lines) == 1 + 4 and all("ready" in line for line in lines[1:])
+
+    # kill -9 one node: the others notice, and reconnect once it is back.
+    victim = members[2]
+    os.kill(victim["pid"], signal.SIGKILL)
+    wait_for(lambda: all(victim["peer_id"] not in net.peers_of(m)
+                         for m in members if m is not victim), 30,
+             "the others to drop the killed node")
+    net.up()  # restarts only the node that is down, waits for the full mesh again
+    restarted = net.members()[2]
+    assert restarted["pid"] != victim["pid"]
+    assert [m["pid"] for i, m in enumerate(net.members()) if i != 2] == \
+        [m["pid"] for i, m in enumerate(members) if i != 2]
+    wait_for(lambda: _full_mesh(net), 30, "full mesh after the restart")
+
+    pids = [m["pid"] for m in net.members()]
+    out = net.down().stdout
+    assert out.count("stopped") == 4
+    for pid in pids:
+        assert not pid_alive(pid), f"pid {pid} survived testnet down"
+    assert all(m["pid"] is None for m in net.members())
