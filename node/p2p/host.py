@@ -25,6 +25,7 @@ from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pa
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.connection.raw_connection import RawConnection
+from libp2p.network.exceptions import SwarmException
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.pubsub.gossipsub import PROTOCOL_ID as GOSSIPSUB_PROTOCOL_ID
@@ -206,6 +207,7 @@ class P2PNetwork:
                 return None
 
             auto_connector.maybe_connect = _peer_book_decides
+        self._gate_banned_peers(host.get_network())
         router = GossipSub(
             protocols=[GOSSIPSUB_PROTOCOL_ID],
             degree=6,
@@ -240,6 +242,24 @@ class P2PNetwork:
                 log.info("p2p listening", extra={"addrs": self.listen_addrs()})
                 task_status.started()
                 await trio.sleep_forever()
+
+    def _gate_banned_peers(self, swarm: Any) -> None:
+        """Refuse connections from banned peers once their identity is proven (after Noise).
+
+        py-libp2p has no connection gater for peer ids; every connection, inbound or
+        outbound, passes through Swarm.add_conn, and SwarmException there is its
+        "connection denied" path.
+        """
+        admit = swarm.add_conn
+
+        async def add_conn_unless_banned(muxed_conn: Any, direction: str = "unknown") -> Any:
+            peer_id = muxed_conn.peer_id.to_base58()
+            if self.book.is_banned(peer_id):
+                await muxed_conn.close()
+                raise SwarmException(f"peer {peer_id} is banned")
+            return await admit(muxed_conn, direction=direction)
+
+        swarm.add_conn = add_conn_unless_banned
 
     # ---- connection events -----------------------------------------------------------------
 

@@ -172,6 +172,11 @@ class PeerBook:
     async def _dial_loop(self) -> None:
         while True:
             now = trio.current_time()
+            # Enforce bans here too: a banned peer's new connection may not be registered
+            # yet when the connect notification arrives.
+            for peer_id in self._net.connected_peer_ids():
+                if self.is_banned(peer_id):
+                    self._spawn(self._net.disconnect, peer_id)
             for rec in list(self._records.values()):
                 if self._wants_dial(rec, now):
                     rec.dialing = True
