@@ -63,6 +63,29 @@ class Message:
     from_peer: str
 
 
+def _expand_wildcards(listen: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
+    """Dialable addresses for a wildcard listen address (0.0.0.0 means every interface).
+
+    Peers learn our addresses through identify and the DHT; 0.0.0.0 is useless to them.
+    Returns [] when nothing needs expanding (libp2p then advertises the listen addresses).
+    """
+    if not any(str(a).startswith("/ip4/0.0.0.0/") for a in listen):
+        return []
+    import ifaddr
+
+    ips = sorted({ip.ip for adapter in ifaddr.get_adapters() for ip in adapter.ips
+                  if isinstance(ip.ip, str)})
+    out: list[multiaddr.Multiaddr] = []
+    for addr in listen:
+        text = str(addr)
+        if text.startswith("/ip4/0.0.0.0/") and addr.value_for_protocol("tcp") != "0":
+            out += [multiaddr.Multiaddr(text.replace("/ip4/0.0.0.0/", f"/ip4/{ip}/", 1))
+                    for ip in ips]
+        elif not text.startswith("/ip4/0.0.0.0/"):
+            out.append(addr)
+    return out
+
+
 def _check_port_free(addr: multiaddr.Multiaddr) -> None:
     """Fail early and clearly if a TCP listen address is taken.
 
@@ -160,7 +183,8 @@ class P2PNetwork:
         self._key_pair = create_new_key_pair(key.seed)
         self.peer_id = ID.from_pubkey(self._key_pair.public_key).to_base58()
         self._listen = [parse_listen_addr(a) for a in config.listen_addrs]
-        self._announce = [parse_listen_addr(a) for a in config.announce_addrs]
+        self._announce = [parse_listen_addr(a) for a in config.announce_addrs] or \
+            _expand_wildcards(self._listen)
         self.book = PeerBook(self)
         self._host: Any = None
         self._pubsub: Any = None
