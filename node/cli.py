@@ -251,8 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": cmd_status,
         "testnet": cmd_testnet,
     }
-    from node.p2p import BadAddressError, P2PStartError
     from node.api.http import ApiStartError
+    from node.p2p import BadAddressError, P2PStartError
     from node.testnet import TestnetError
 
     try:

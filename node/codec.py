@@ -15,7 +15,7 @@ class DecodeError(ValueError):
 
 
 def pack(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
+    return bytes(msgpack.packb(value, use_bin_type=True))
 
 
 def unpack(data: bytes, *, max_bytes: int, max_items: int = 1024) -> Any:

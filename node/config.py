@@ -255,7 +255,8 @@ def render_config_toml(values: Mapping[tuple[str, str], Any]) -> str:
         stripped = line.strip()
         if stripped.startswith("[") and stripped.endswith("]"):
             section = stripped[1:-1]
-        key = stripped.split("=", 1)[0].strip() if "=" in stripped and not stripped.startswith("#") else ""
+        is_option = "=" in stripped and not stripped.startswith("#")
+        key = stripped.split("=", 1)[0].strip() if is_option else ""
         if (section, key) in values:
             value = coerce(section, key, values[(section, key)], source="init")
             line = tomli_w.dumps({key: value}).strip()

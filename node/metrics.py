@@ -47,7 +47,8 @@ class NodeMetrics:
     def __init__(self, *, moniker: str, region: str, node_id: str) -> None:
         self.registry = CollectorRegistry()
         self.started_at = time.monotonic()
-        build = Info("dcloud_node_build", "Build and identity of this node.", registry=self.registry)
+        build = Info("dcloud_node_build", "Build and identity of this node.",
+                     registry=self.registry)
         build.info({"version": __version__, "moniker": moniker, "region": region,
                     "node_id": node_id})
         uptime = Gauge("dcloud_node_uptime_seconds", "Seconds since the node started.",

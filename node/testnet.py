@@ -197,7 +197,7 @@ def up(directory: Path, *, nodes: int, base_port: int, timeout: float) -> int:
     last_report = 0.0
     while True:
         statuses = [fetch_status(n.http_url) for n in members]
-        done = [s is not None and s.get("ready") and len(s.get("peers", [])) >= nodes - 1
+        done = [bool(s is not None and s.get("ready") and len(s.get("peers", [])) >= nodes - 1)
                 for s in statuses]
         dead = [n for n in members if not pid_alive(n.pid)]
         if dead:

@@ -72,7 +72,8 @@ class HttpApi:
         self.app.router.add_routes(routes)
 
     @web.middleware
-    async def _errors_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def _errors_middleware(self, request: web.Request,
+                                 handler: Handler) -> web.StreamResponse:
         try:
             response = await handler(request)
         except web.HTTPException as exc:

@@ -22,6 +22,7 @@ from libp2p import new_host
 from libp2p.abc import INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
+from libp2p.custom_types import TProtocol
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.connection.raw_connection import RawConnection
@@ -203,7 +204,7 @@ class P2PNetwork:
             key_pair=self._key_pair,
             # Noise only: new_host would also offer plaintext (notes/libp2p.md trap 1).
             sec_opt={NOISE_PROTOCOL_ID: noise},
-            muxer_opt={YAMUX_PROTOCOL_ID: Yamux},
+            muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
             listen_addrs=self._listen,
             transports=[_CountingTCP(self.metrics)],
             # One connection per peer: dials take ~10 ms instead of 250 ms (trap 2).

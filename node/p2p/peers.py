@@ -158,7 +158,9 @@ class PeerBook:
             task_status.started()
 
     def _backoff(self, failures: int) -> float:
-        base = min(self._cfg.dial_backoff_initial_s * (2 ** failures), self._cfg.dial_backoff_max_s)
+        """Delay before the next dial after `failures` consecutive failures (0: a lost peer)."""
+        doubling = 2.0 ** max(failures - 1, 0)
+        base = min(self._cfg.dial_backoff_initial_s * doubling, self._cfg.dial_backoff_max_s)
         return base * random.uniform(0.8, 1.2)
 
     def _wants_dial(self, rec: PeerRecord, now: float) -> bool:
