@@ -7,7 +7,9 @@ import signal
 
 import pytest
 
-from tests.integration.conftest import cli, pid_alive, wait_for
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.conftest import cli, http_get, pid_alive, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -39,11 +41,22 @@ def test_four_node_testnet_mesh_discovery_restart_and_down(testnet_factory):
             assert other["peer_id"] not in text
     assert members[2]["peer_id"] in net.peers_of(members[1])
 
+    # Peers are pinged: every link gets a latency; traffic and peer count show in /metrics.
+    def latencies_known() -> bool:
+        docs = [http_get(f"{m['http_url']}/status")[1] for m in members]
+        return all(p["latency_ms"] is not None and p["latency_ms"] >= 0
+                   for d in docs for p in d["peers"])
+
+    wait_for(latencies_known, 30, "latency of every peer")
+    _, text = http_get(f"{members[1]['http_url']}/metrics")
+    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples["dcloud_p2p_peers"] == 3
+    assert samples["dcloud_p2p_sent_bytes_total"] > 0
+    assert samples["dcloud_p2p_received_bytes_total"] > 0
+    assert samples["dcloud_p2p_dials_total"] >= 1
+
     # Regions are spread over more than one name.
-    regions = {cli("status", "--url", m["http_url"], "--json").stdout.count('"region"')
-               and __import__("json").loads(
-                   cli("status", "--url", m["http_url"], "--json").stdout)["region"]
-               for m in members}
+    regions = {http_get(f"{m['http_url']}/status")[1]["region"] for m in members}
     assert len(regions) >= 2
 
     lines = cli("testnet", "status", "--dir", str(net.directory)).stdout.strip().splitlines()
