@@ -13,6 +13,7 @@ from typing import Any
 
 from node import __version__
 from node.config import (
+    Config,
     ConfigError,
     flag_name,
     load_config,
@@ -126,23 +127,29 @@ def _peer_id(home: Home) -> str:
 def cmd_start(args: argparse.Namespace) -> int:
     root = resolve_home(args.home)
     home = Home(root)
+    overrides = _overrides(args)
     if not home.config_file.exists() and not home.node_key_file.exists():
-        overrides = _overrides(args)
+        # Check the flags and environment before writing anything into an empty home.
+        _check_addresses(load_config(root, overrides=overrides))
         home.init(moniker=overrides.get(("node", "moniker"), "dcloud-node"),
                   region=overrides.get(("node", "region"), "default"))
         print(f"initialised a new node home at {root}", file=sys.stderr)
-    config = load_config(root, overrides=_overrides(args), require_file=True)
-    # Check what a typo can break before anything binds a port.
+    config = load_config(root, overrides=overrides, require_file=True)
+    _check_addresses(config)
+    from node.app import start_node
+
+    start_node(config)
+    return 0
+
+
+def _check_addresses(config: Config) -> None:
+    """Check what a typo can break before anything binds a port."""
     from node.p2p import parse_listen_addr, parse_peer_addr
 
     for addr in config.p2p.listen_addrs + config.p2p.announce_addrs:
         parse_listen_addr(addr)
     for addr in config.p2p.bootstrap:
         parse_peer_addr(addr)
-    from node.app import start_node
-
-    start_node(config)
-    return 0
 
 
 def cmd_keys_show(args: argparse.Namespace) -> int:

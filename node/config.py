@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import typing
@@ -210,6 +211,8 @@ def split_host_port(value: str) -> tuple[str, int]:
     host, sep, port_text = value.rpartition(":")
     if not sep or not host:
         raise ConfigError(f"expected HOST:PORT, got {value!r}")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise ConfigError(f"an IPv6 address needs brackets, as in [::1]:26660, got {value!r}")
     try:
         port = int(port_text)
     except ValueError as exc:
@@ -235,8 +238,9 @@ def validate(config: Config) -> None:
         raise ConfigError("p2p.target_peers must be between 0 and p2p.max_peers (>= 1)")
     for name in ("dial_backoff_initial_s", "dial_backoff_max_s", "dial_timeout_s",
                  "discovery_interval_s", "ping_interval_s"):
-        if getattr(p2p, name) <= 0:
-            raise ConfigError(f"p2p.{name} must be > 0")
+        value = getattr(p2p, name)
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"p2p.{name} must be a finite number > 0, got {value}")
     if p2p.max_frame_bytes < 1024:
         raise ConfigError("p2p.max_frame_bytes must be at least 1024")
     if config.api.max_body_bytes < 1024:
@@ -249,6 +253,11 @@ def render_config_toml(values: Mapping[tuple[str, str], Any]) -> str:
     """The documented default config file with `values` ((section, key) -> value) filled in."""
     import tomli_w
 
+    unknown = set(values) - set(option_names())
+    if unknown:
+        names = ", ".join(sorted(f"{s}.{k}" for s, k in unknown))
+        raise ConfigError(f"unknown config option(s): {names}")
+    seen: set[tuple[str, str]] = set()
     lines = []
     section = ""
     for line in default_toml_text().splitlines():
@@ -258,6 +267,7 @@ def render_config_toml(values: Mapping[tuple[str, str], Any]) -> str:
         is_option = "=" in stripped and not stripped.startswith("#")
         key = stripped.split("=", 1)[0].strip() if is_option else ""
         if (section, key) in values:
+            seen.add((section, key))
             value = coerce(section, key, values[(section, key)], source="init")
             line = tomli_w.dumps({key: value}).strip()
         lines.append(line)

@@ -103,6 +103,6 @@ def read_key_file(path: Path) -> Ed25519Key:
         key = Ed25519Key(seed)
         if "public_key" in doc and base64.b64decode(doc["public_key"]) != key.public_key:
             raise ValueError("public_key does not match private_key")
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise KeyFileError(f"key file {path} is malformed: {exc}") from exc
     return key

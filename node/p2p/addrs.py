@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import multiaddr
-from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 
 
@@ -55,10 +54,3 @@ def parse_peer_addr(text: str) -> PeerAddr:
     except Exception as exc:
         raise BadAddressError(f"multiaddr {text!r} has a bad peer id: {exc}") from exc
     return PeerAddr(peer_id=info.peer_id.to_base58(), addr=str(maddr))
-
-
-def peer_id_from_text(text: str) -> ID:
-    try:
-        return ID.from_base58(text)
-    except Exception as exc:
-        raise BadAddressError(f"bad peer id {text!r}") from exc

@@ -123,6 +123,8 @@ class Stream:
             return out
         try:
             return bytes(await self._raw.read(max_bytes))
+        except EOFError:  # libp2p's StreamEOF / MuxedStreamEOF: the peer finished writing
+            return b""
         except trio.Cancelled:
             raise
         except Exception as exc:

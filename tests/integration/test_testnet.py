@@ -6,7 +6,6 @@ import os
 import signal
 
 import pytest
-
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import cli, http_get, pid_alive, wait_for

@@ -93,7 +93,7 @@ def test_keys_show_on_an_empty_home(home, capsys):
     assert "does not exist" in one_error_line(capsys)
 
 
-# ---- start: configuration errors are reported before the node runs --------------------------------
+# ---- start: configuration errors are reported before the node runs ---------------------------
 
 
 def test_start_with_malformed_bootstrap(initialised, capsys, started):

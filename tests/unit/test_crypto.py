@@ -223,12 +223,6 @@ def test_file_of_exactly_the_limit_is_accepted(tmp_path):
     assert read_key_file(path) == key
 
 
-@pytest.mark.xfail(
-    reason="BUG: json.loads raises RecursionError on deeply nested input; read_key_file does "
-           "not catch it, so a small corrupt key file crashes instead of KeyFileError "
-           "(node/crypto.py:105)",
-    strict=True,
-)
 def test_deeply_nested_json_is_malformed_not_a_crash(tmp_path):
     path = tmp_path / "key.json"
     path.write_bytes(b"[" * 4000)

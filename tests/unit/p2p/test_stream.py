@@ -293,12 +293,6 @@ async def test_read_exactly_spans_chunks():
     assert await stream.read_exactly(3) == b"789"
 
 
-@pytest.mark.xfail(
-    reason="BUG: Stream.read promises b'' at end of stream, but py-libp2p raises StreamEOF "
-           "at end of stream and Stream.read turns that into StreamError "
-           "(node/p2p/stream.py:129-132)",
-    strict=True,
-)
 async def test_raw_read_at_libp2p_eof_is_empty_bytes():
     stream = make_stream(b"", eof_exc=StreamEOF())
     assert await stream.read() == b""
