@@ -1,13 +1,15 @@
-"""Wire encodings with limits: msgpack for non-consensus frames.
-
-(Canonical CBOR for everything hashed or signed arrives with the consensus layer.)
+"""Encodings with limits: canonical CBOR for everything hashed or signed, msgpack for other
+wire frames. Every decoder bounds size and depth, and rejects what the schema does not allow.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import cbor2
 import msgpack
+
+MAX_CBOR_DEPTH = 16
 
 
 class DecodeError(ValueError):
@@ -36,3 +38,30 @@ def unpack(data: bytes, *, max_bytes: int, max_items: int = 1024) -> Any:
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
             TypeError, RecursionError) as exc:
         raise DecodeError(f"malformed msgpack: {exc.__class__.__name__} {exc}".strip()) from exc
+
+
+def to_cbor(value: Any) -> bytes:
+    """Canonical CBOR (RFC 8949 core deterministic encoding): one byte string per value."""
+    return bytes(cbor2.dumps(value, canonical=True))
+
+
+def _no_tags(decoder: Any, tag: Any) -> Any:
+    raise DecodeError(f"CBOR tag {tag.tag} is not allowed")
+
+
+def from_cbor(data: bytes, *, max_bytes: int, max_depth: int = MAX_CBOR_DEPTH) -> Any:
+    """Decode CBOR from an untrusted source: bounded size and depth, no tags, no duplicate keys.
+
+    Callers that hash or verify signatures re-encode what they decoded and compare, so a
+    non-canonical encoding never passes for a canonical one.
+    """
+    if len(data) > max_bytes:
+        raise DecodeError(f"message of {len(data)} bytes exceeds the limit of {max_bytes}")
+    try:
+        return cbor2.loads(data, max_depth=max_depth, allow_duplicate_keys=False,
+                           tag_hook=_no_tags, allow_indefinite=False)
+    except DecodeError:
+        raise
+    except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError, OverflowError,
+            MemoryError) as exc:
+        raise DecodeError(f"malformed CBOR: {exc.__class__.__name__} {exc}".strip()) from exc

@@ -1,0 +1,1 @@
+"""Tendermint BFT consensus: pure round state machine, votes, blocks, WAL, store, driver."""

@@ -1,0 +1,1 @@
+"""The replicated application behind consensus (ABCI-like): accounts and transfers for now."""
