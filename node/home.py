@@ -5,6 +5,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -13,6 +15,9 @@ from node.config import CONFIG_FILE, render_config_toml
 from node.crypto import Ed25519Key, KeyFileError, write_key_file
 
 DEFAULT_HOME = Path("~/.dcloud")
+ACCOUNT_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# 1,000,000 tokens in micro-units for each funded dev/testnet account.
+DEV_BALANCE = 1_000_000 * 1_000_000
 
 
 def resolve_home(home: str | os.PathLike[str] | None) -> Path:
@@ -43,6 +48,24 @@ class Home:
         return self.root / "keys" / "validator_key.json"
 
     @property
+    def genesis_file(self) -> Path:
+        return self.root / "genesis.json"
+
+    @property
+    def accounts_dir(self) -> Path:
+        return self.root / "keys" / "accounts"
+
+    def account_key_file(self, name: str) -> Path:
+        if not ACCOUNT_NAME_RE.match(name):
+            raise KeyFileError(f"account name {name!r} must match {ACCOUNT_NAME_RE.pattern}")
+        return self.accounts_dir / f"{name}.json"
+
+    def account_names(self) -> list[str]:
+        if not self.accounts_dir.is_dir():
+            return []
+        return sorted(p.stem for p in self.accounts_dir.glob("*.json"))
+
+    @property
     def data_dir(self) -> Path:
         return self.root / "data"
 
@@ -54,8 +77,17 @@ class Home:
         return self.config_file.exists() and self.node_key_file.exists()
 
     def init(self, *, moniker: str, region: str,
-             settings: dict[tuple[str, str], Any] | None = None) -> list[Path]:
-        """Create config and keys; refuse if any key already exists. Returns files written."""
+             settings: dict[tuple[str, str], Any] | None = None,
+             genesis: Path | None = None) -> list[Path]:
+        """Create config, node/validator/`default` account keys and a genesis.
+
+        Without `genesis`, the genesis is a single-validator dev chain in which this node is
+        the validator and its `default` account is funded. Refuses if any key already exists.
+        Returns the files written.
+        """
+        from node.consensus.genesis import Genesis
+
+        joined = Genesis.read(genesis) if genesis is not None else None
         for existing in (self.node_key_file, self.validator_key_file):
             if existing.exists():
                 raise KeyFileError(
@@ -70,10 +102,30 @@ class Home:
             values = {("node", "moniker"): moniker, ("node", "region"): region, **(settings or {})}
             self.config_file.write_text(render_config_toml(values), encoding="utf-8")
             written.append(self.config_file)
+        validator = Ed25519Key.generate()
+        account = Ed25519Key.generate()
         write_key_file(self.node_key_file, Ed25519Key.generate())
-        write_key_file(self.validator_key_file, Ed25519Key.generate())
+        write_key_file(self.validator_key_file, validator)
         written += [self.node_key_file, self.validator_key_file]
+        if not self.account_key_file("default").exists():
+            write_key_file(self.account_key_file("default"), account)
+            written.append(self.account_key_file("default"))
+        if not self.genesis_file.exists():
+            (joined or dev_genesis(moniker, validator, account)).write(self.genesis_file)
+            written.append(self.genesis_file)
         return written
+
+
+def dev_genesis(moniker: str, validator: Ed25519Key, account: Ed25519Key) -> Any:
+    """A one-validator chain for a dev node: it validates alone and its account is funded."""
+    from node.consensus.genesis import Genesis, GenesisAccount, GenesisValidator
+
+    return Genesis(
+        chain_id="dcloud-dev",
+        genesis_time_ms=int(time.time() * 1000),
+        validators=(GenesisValidator(moniker, validator.public_key, 10),),
+        accounts=(GenesisAccount(bytes.fromhex(account.address), DEV_BALANCE),),
+    )
 
 
 def read_lock_info(path: Path) -> dict[str, Any]:

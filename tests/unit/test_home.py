@@ -11,6 +11,7 @@ import pytest
 
 from node.config import load_config
 from node.crypto import KeyFileError, read_key_file
+from node.consensus.genesis import Genesis
 from node.home import Home, HomeLock, NodeLockedError, read_lock_info, resolve_home
 
 
@@ -21,11 +22,13 @@ def mode_of(path: Path) -> int:
 # ---- Home.init ----------------------------------------------------------------------------------
 
 
-def test_init_writes_config_and_two_private_keys(tmp_path):
+def test_init_writes_config_keys_and_a_dev_genesis(tmp_path):
     home = Home(tmp_path / "home")
     written = home.init(moniker="alpha", region="eu")
 
-    assert set(written) == {home.config_file, home.node_key_file, home.validator_key_file}
+    assert set(written) == {home.config_file, home.node_key_file, home.validator_key_file,
+                            home.account_key_file("default"), home.genesis_file}
+    assert mode_of(home.account_key_file("default")) == 0o600
     assert home.is_initialised()
     assert mode_of(home.node_key_file) == 0o600
     assert mode_of(home.validator_key_file) == 0o600
@@ -39,6 +42,13 @@ def test_init_writes_config_and_two_private_keys(tmp_path):
 
     config = load_config(home.root, env={}, require_file=True)
     assert (config.node.moniker, config.node.region) == ("alpha", "eu")
+
+    # The dev genesis: this node validates alone and its default account is funded.
+    genesis = Genesis.read(home.genesis_file)
+    assert [v.pub_key for v in genesis.validators] == [validator_key.public_key]
+    account = read_key_file(home.account_key_file("default"))
+    assert [(a.address.hex(), a.balance > 0) for a in genesis.accounts] == \
+        [(account.address, True)]
 
 
 def test_init_applies_extra_settings(tmp_path):
