@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Info, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
 
 from node import __version__
 
@@ -41,6 +48,31 @@ class P2PMetrics:
         )
 
 
+class ConsensusMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.height = Gauge("dcloud_consensus_height", "Last committed block height.",
+                            registry=registry)
+        self.rounds = Histogram(
+            "dcloud_consensus_rounds", "Rounds needed to decide a height (1 = first round).",
+            buckets=(1, 2, 3, 4, 6, 10), registry=registry)
+        self.block_interval = Histogram(
+            "dcloud_consensus_block_interval_seconds", "Time between consecutive blocks.",
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30), registry=registry)
+        self.txs_per_block = Histogram(
+            "dcloud_consensus_block_txs", "Transactions per committed block.",
+            buckets=(0, 1, 10, 100, 500, 1000, 2000, 5000, 10000), registry=registry)
+        self.txs = Counter("dcloud_consensus_committed_txs", "Committed transactions.",
+                           registry=registry)
+        self.mempool_size = Gauge("dcloud_mempool_txs", "Transactions in the mempool.",
+                                  registry=registry)
+        self.missed_votes = Counter(
+            "dcloud_consensus_missed_votes",
+            "Validators whose precommit is missing from a block's commit.", registry=registry)
+        self.evidence = Counter("dcloud_consensus_evidence",
+                                "Equivocations detected (conflicting signed votes).",
+                                registry=registry)
+
+
 class NodeMetrics:
     """All metrics of one node process."""
 
@@ -59,6 +91,7 @@ class NodeMetrics:
             ["route", "code"], registry=self.registry,
         )
         self.p2p = P2PMetrics(self.registry)
+        self.consensus = ConsensusMetrics(self.registry)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,0 +1,182 @@
+"""Block sync: a node that is behind fetches decided blocks, with their commits, from peers.
+
+Protocol /dcloud/blocksync/0.1.0, one request and one response frame per stream:
+- ["status"] -> ["status", last_committed_height]
+- ["get", height] -> ["block", block (CBOR list), commit (CBOR list)] or ["none", last_height]
+Every fetched block is checked before it is applied: its commit must carry +2/3 of the
+validator set's power for exactly this block, and the block must extend our chain.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from node.codec import DecodeError, from_cbor, to_cbor
+from node.consensus.types import Block, Commit, InvalidCommit
+from node.consensus.validation import InvalidBlock, check_block
+
+if TYPE_CHECKING:
+    from node.consensus.driver import ConsensusService
+
+log = logging.getLogger("dcloud.consensus.sync")
+
+PROTOCOL = "/dcloud/blocksync/0.1.0"
+MAX_REQUEST_BYTES = 64
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+REQUEST_TIMEOUT_S = 10.0
+STATUS_INTERVAL_S = 2.0
+BAD_BLOCK_PENALTY = 50
+
+
+class BlockSync:
+    def __init__(self, service: ConsensusService) -> None:
+        self.service = service
+        self._wake = trio.Event()
+
+    def install(self) -> None:
+        self.service.network.set_handler(PROTOCOL, self._serve)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ---- serving -----------------------------------------------------------------------------
+
+    async def _serve(self, stream: Any) -> None:
+        net = self.service.network
+        try:
+            with trio.fail_after(REQUEST_TIMEOUT_S):
+                frame = await stream.read_frame(MAX_REQUEST_BYTES)
+                if frame is None:
+                    return
+                request = from_cbor(frame, max_bytes=MAX_REQUEST_BYTES)
+                await stream.write_frame(self._answer(request))
+        except DecodeError as exc:
+            net.book.penalise(stream.peer_id, 20, f"bad blocksync request: {exc}")
+            await stream.reset()
+        except Exception as exc:  # the stream broke or timed out: nothing to answer
+            log.debug("blocksync stream from %s: %r", stream.peer_id, exc)
+        finally:
+            await stream.close()
+
+    def _answer(self, request: Any) -> bytes:
+        store = self.service.store
+        if request == ["status"]:
+            return to_cbor(["status", store.height()])
+        if isinstance(request, list) and len(request) == 2 and request[0] == "get" and \
+                isinstance(request[1], int) and request[1] >= 1:
+            raw = store.get_raw(request[1])
+            if raw is None:
+                return to_cbor(["none", store.height()])
+            block_bytes, commit_bytes = raw
+            # Stored bytes are canonical CBOR lists; splice them without re-decoding.
+            return _splice_block_response(block_bytes, commit_bytes)
+        raise DecodeError("blocksync request must be ['status'] or ['get', height]")
+
+    # ---- fetching ----------------------------------------------------------------------------
+
+    async def _ask(self, peer: str, request: list[Any]) -> Any:
+        stream = await self.service.network.open_stream(peer, PROTOCOL)
+        try:
+            with trio.fail_after(REQUEST_TIMEOUT_S):
+                await stream.write_frame(to_cbor(request))
+                frame = await stream.read_frame(MAX_RESPONSE_BYTES)
+            if frame is None:
+                raise DecodeError("no answer")
+            return from_cbor(frame, max_bytes=MAX_RESPONSE_BYTES, max_depth=24)
+        finally:
+            await stream.close()
+
+    async def _poll_status(self) -> None:
+        svc = self.service
+
+        async def one(peer: str) -> None:
+            try:
+                answer = await self._ask(peer, ["status"])
+                if isinstance(answer, list) and len(answer) == 2 and answer[0] == "status" \
+                        and isinstance(answer[1], int) and answer[1] >= 0:
+                    # A peer whose last committed block is H works on H + 1.
+                    svc._note_height(peer, answer[1] + 1)
+            except Exception as exc:
+                log.debug("status from %s failed: %r", peer, exc)
+
+        async with trio.open_nursery() as nursery:
+            for peer in svc.network.connected_peer_ids():
+                nursery.start_soon(one, peer)
+
+    def _ahead_peers(self) -> list[str]:
+        svc = self.service
+        # A peer working on height H has decided every block below H.
+        return [p for p, h in svc.peer_heights.items() if h - 1 >= svc.height]
+
+    async def run(self) -> None:
+        svc = self.service
+        first = True
+        while True:
+            await self._poll_status()
+            if first and not svc.network.connected_peer_ids():
+                pass  # alone for now: nothing to catch up with yet
+            first = False
+            ahead = self._ahead_peers()
+            best = max((svc.peer_heights[p] for p in ahead), default=0)
+            svc.catching_up = best - 1 > svc.height
+            if ahead:
+                await self._fetch_from(ahead)
+            else:
+                svc.catching_up = False
+            self._wake = trio.Event()
+            with trio.move_on_after(STATUS_INTERVAL_S):
+                await self._wake.wait()
+
+    async def _fetch_from(self, peers: list[str]) -> None:
+        svc = self.service
+        random.shuffle(peers)
+        for peer in peers:
+            while svc.peer_heights.get(peer, 0) - 1 >= svc.height:
+                height = svc.height
+                try:
+                    answer = await self._ask(peer, ["get", height])
+                    block, commit = self._check(answer, height)
+                except (DecodeError, InvalidBlock, InvalidCommit) as exc:
+                    log.warning("bad block %d from %s: %s", height, peer, exc)
+                    svc.network.book.penalise(peer, BAD_BLOCK_PENALTY, f"bad synced block: {exc}")
+                    break
+                except Exception as exc:
+                    log.debug("fetching block %d from %s failed: %r", height, peer, exc)
+                    break
+                if block is None:
+                    break
+                committed = svc.committed
+                svc._send.send_nowait(_synced(block, commit))
+                with trio.move_on_after(REQUEST_TIMEOUT_S):
+                    await committed.wait()
+                if svc.height <= height:
+                    break  # not applied (consensus got there first, or it failed)
+
+    def _check(self, answer: Any, height: int) -> tuple[Block | None, Commit]:
+        if isinstance(answer, list) and answer and answer[0] == "none":
+            return None, Commit(height, 0, b"\0" * 32, ())
+        if not (isinstance(answer, list) and len(answer) == 3 and answer[0] == "block"):
+            raise DecodeError("blocksync answer must be ['block', block, commit]")
+        block = Block.from_list(answer[1])
+        commit = Commit.from_list(answer[2])
+        svc = self.service
+        if block.height != height or commit.height != height or commit.block_id != block.id:
+            raise InvalidBlock("synced block and commit do not match the requested height")
+        commit.verify(svc.chain_id, svc.validators)
+        check_block(block, svc.tip, svc.params, svc._now_ms())
+        return block, commit
+
+
+def _splice_block_response(block_cbor: bytes, commit_cbor: bytes) -> bytes:
+    # ["block", <block>, <commit>]: a 3-item array header, the text "block", then both items.
+    return b"\x83" + to_cbor("block") + block_cbor + commit_cbor
+
+
+def _synced(block: Block, commit: Commit) -> Any:
+    from node.consensus.driver import _Synced
+
+    return _Synced(block, commit)
