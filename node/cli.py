@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from node import __version__
+from node.codec import DecodeError
 from node.config import (
     Config,
     ConfigError,
@@ -19,7 +20,7 @@ from node.config import (
     load_config,
     option_names,
 )
-from node.crypto import KeyFileError, read_key_file
+from node.crypto import Ed25519Key, KeyFileError, read_key_file, write_key_file
 from node.home import Home, NodeLockedError, read_lock_info, resolve_home
 
 EXIT_USAGE = 2
@@ -72,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_home(p)
     p.add_argument("--moniker", default="dcloud-node", help="node name (default: dcloud-node)")
     p.add_argument("--region", default="default", help="node region (default: default)")
+    p.add_argument("--genesis", help="genesis file of the network to join (default: a new "
+                   "single-validator dev chain)")
 
     p = sub.add_parser("start", help="run the node (initialises the home first if it is empty)")
     _add_home(p)
@@ -82,6 +85,36 @@ def build_parser() -> argparse.ArgumentParser:
     show = keys_sub.add_parser("show", help="print the peer id and public keys")
     _add_home(show)
     show.add_argument("--json", action="store_true", help="print JSON")
+    add = keys_sub.add_parser("add", help="create an account key and print its address")
+    add.add_argument("name")
+    _add_home(add)
+    lst = keys_sub.add_parser("list", help="list account keys with their addresses")
+    _add_home(lst)
+    lst.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("tx", help="sign and submit a transaction")
+    tx_sub = p.add_subparsers(dest="tx_command", required=True, metavar="TX_COMMAND")
+    tr = tx_sub.add_parser("transfer", help="transfer micro-units to an address")
+    tr.add_argument("--from", dest="from_key", default="default",
+                    help="account key name in the home (default: default)")
+    tr.add_argument("--to", required=True, help="recipient address (40 hex characters)")
+    tr.add_argument("--amount", required=True, type=int, help="micro-units to send")
+    tr.add_argument("--fee", type=int, default=0, help="fee in micro-units (default 0)")
+    tr.add_argument("--wait", action="store_true", help="wait until the tx is committed")
+    _add_home(tr)
+    tr.add_argument("--url", help="node API URL (default: the node running on --home)")
+    tr.add_argument("--json", action="store_true", help="print the JSON answer")
+
+    p = sub.add_parser("query", help="read chain state from a node")
+    q_sub = p.add_subparsers(dest="query_command", required=True, metavar="QUERY_COMMAND")
+    qa = q_sub.add_parser("account", help="balance and nonce of an address")
+    qa.add_argument("address")
+    qb = q_sub.add_parser("block", help="a block (default: the latest)")
+    qb.add_argument("height", nargs="?", default="latest")
+    for q in (qa, qb):
+        _add_home(q)
+        q.add_argument("--url", help="node API URL (default: the node running on --home)")
+        q.add_argument("--json", action="store_true", help="print raw JSON")
 
     p = sub.add_parser("status", help="print a running node's status")
     _add_home(p)
@@ -111,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_init(args: argparse.Namespace) -> int:
     home = Home(resolve_home(args.home))
-    written = home.init(moniker=args.moniker, region=args.region)
+    written = home.init(moniker=args.moniker, region=args.region,
+                        genesis=Path(args.genesis) if args.genesis else None)
     for path in written:
         print(f"wrote {path}")
     print(f"node id: {_peer_id(home)}")
@@ -150,6 +184,98 @@ def _check_addresses(config: Config) -> None:
         parse_listen_addr(addr)
     for addr in config.p2p.bootstrap:
         parse_peer_addr(addr)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    home = Home(resolve_home(args.home))
+    if args.keys_command == "add":
+        path = home.account_key_file(args.name)
+        key = Ed25519Key.generate()
+        write_key_file(path, key)
+        print(key.address)
+        return 0
+    if args.keys_command == "list":
+        rows = [{"name": n, "address": read_key_file(home.account_key_file(n)).address}
+                for n in home.account_names()]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            for r in rows:
+                print(f"{r['name']:<20} {r['address']}")
+        return 0
+    return cmd_keys_show(args)
+
+
+def _base_url(args: argparse.Namespace) -> str:
+    return str(args.url).rstrip("/") if getattr(args, "url", None) else api_url_of_home(args.home)
+
+
+def request_json(method: str, url: str, body: bytes | None = None,
+                 content_type: str = "application/json", timeout: float = 60.0) -> Any:
+    req = urllib.request.Request(url, data=body, method=method,
+                                 headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+            return json.loads(resp.read(16 * 1024 * 1024))
+    except urllib.error.HTTPError as exc:
+        try:
+            doc = json.loads(exc.read(65536))
+        except ValueError:
+            raise CliError(f"{url} answered HTTP {exc.code}") from exc
+        code = f" ({doc['code']})" if isinstance(doc, dict) and doc.get("code") else ""
+        message = doc.get("error") if isinstance(doc, dict) else doc
+        raise CliError(f"rejected{code}: {message}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise CliError(f"cannot reach the node at {url}: {getattr(exc, 'reason', exc)}") from exc
+
+
+def cmd_tx(args: argparse.Namespace) -> int:
+    from node.ledger.tx import Transfer
+
+    home = Home(resolve_home(args.home))
+    key = read_key_file(home.account_key_file(args.from_key))
+    base = _base_url(args)
+    chain_id = fetch_json(f"{base}/status")["chain"]["chain_id"]
+    account = fetch_json(f"{base}/accounts/{key.address}")
+    try:
+        tx = Transfer.signed(key, chain_id, args.to, args.amount, args.fee, account["nonce"])
+    except (ValueError, DecodeError) as exc:
+        raise CliError(f"bad transfer: {exc}") from exc
+    url = f"{base}/txs" + ("?wait=commit" if args.wait else "")
+    doc = request_json("POST", url, tx.encode(), content_type="application/cbor")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    elif doc.get("status") == "committed":
+        state = "ok" if doc.get("ok") else f"FAILED ({doc.get('code')}: {doc.get('reason')})"
+        print(f"{doc['hash']} committed at height {doc['height']}: {state}")
+    else:
+        print(f"{doc['hash']} {doc.get('status', '')}")
+    return 0 if doc.get("ok", True) else 1
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    base = _base_url(args)
+    if args.query_command == "account":
+        doc = fetch_json(f"{base}/accounts/{args.address}")
+        if isinstance(doc, dict) and "error" in doc:
+            raise CliError(doc["error"])
+        if args.json:
+            print(json.dumps(doc, indent=2))
+        else:
+            print(f"address  {doc['address']}\nbalance  {doc['balance']}\n"
+                  f"nonce    {doc['nonce']}\nheight   {doc['height']}")
+        return 0
+    doc = fetch_json(f"{base}/blocks/{args.height}")
+    if isinstance(doc, dict) and "error" in doc:
+        raise CliError(doc["error"])
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        h = doc["header"]
+        print(f"height    {h['height']}\nid        {doc['id']}\ntime_ms   {h['time_ms']}\n"
+              f"proposer  {h['proposer']}\ntxs       {len(doc['txs'])}\n"
+              f"app_hash  {h['app_hash']}\nsigners   {len(doc['commit']['signatures'])}")
+    return 0
 
 
 def cmd_keys_show(args: argparse.Namespace) -> int:
@@ -254,7 +380,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {
         "init": cmd_init,
         "start": cmd_start,
-        "keys": cmd_keys_show,
+        "keys": cmd_keys,
+        "tx": cmd_tx,
+        "query": cmd_query,
         "status": cmd_status,
         "testnet": cmd_testnet,
     }

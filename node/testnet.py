@@ -105,6 +105,7 @@ def plan(directory: Path, count: int, base_port: int) -> list[TestnetNode]:
     from node.p2p import peer_id_of
 
     peer_ids = [peer_id_of(read_key_file(h.node_key_file)) for h in homes]
+    _share_genesis(directory, homes)
     p2p0, _ = ports(base_port, 0)
     bootstrap = f"/ip4/{HOST}/tcp/{p2p0}/p2p/{peer_ids[0]}"
     for i, home in enumerate(homes):
@@ -124,6 +125,44 @@ def plan(directory: Path, count: int, base_port: int) -> list[TestnetNode]:
             http_url=f"http://{HOST}:{http_port}", pid=None,
         ))
     return nodes
+
+
+def _share_genesis(directory: Path, homes: list[Home]) -> None:
+    """One genesis for the whole testnet: every node validates, every `default` account is funded.
+
+    Written once (DIR/genesis.json) and copied into each home; a later `up` keeps it, so a
+    testnet's chain survives restarts. Homes that already hold chain data for another
+    genesis are refused rather than silently forked.
+    """
+    from node.consensus.genesis import Genesis, GenesisAccount, GenesisValidator
+    from node.home import DEV_BALANCE
+
+    shared = directory / "genesis.json"
+    if shared.exists():
+        genesis = Genesis.read(shared)
+        if len(genesis.validators) != len(homes):
+            raise TestnetError(f"{shared} has {len(genesis.validators)} validators but "
+                               f"--nodes is {len(homes)}: use a new --dir")
+    else:
+        genesis = Genesis(
+            chain_id=f"dcloud-testnet-{os.urandom(3).hex()}",
+            genesis_time_ms=int(time.time() * 1000),
+            validators=tuple(
+                GenesisValidator(f"node{i}", read_key_file(h.validator_key_file).public_key, 10)
+                for i, h in enumerate(homes)),
+            accounts=tuple(
+                GenesisAccount(bytes.fromhex(read_key_file(h.account_key_file("default")).address),
+                               DEV_BALANCE)
+                for h in homes),
+        )
+        for h in homes:
+            if (h.data_dir / "chain.db").exists() and h.genesis_file.exists() and \
+                    Genesis.read(h.genesis_file).hash() != genesis.hash():
+                raise TestnetError(f"{h.root} holds chain data of another genesis: "
+                                   f"use a new --dir")
+        genesis.write(shared)
+    for h in homes:
+        genesis.write(h.genesis_file)
 
 
 def _write_testnet_config(home: Home, moniker: str, region: str,
