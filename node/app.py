@@ -10,7 +10,14 @@ from typing import Any
 import trio
 
 from node import __version__
+from node.api.chain import ChainApi
 from node.api.http import ApiStartError, HttpApi, NodeView, Readiness
+from node.consensus.driver import ConsensusService
+from node.consensus.genesis import Genesis
+from node.consensus.mempool import Mempool
+from node.consensus.store import BlockStore
+from node.consensus.wal import ConsensusWAL
+from node.ledger.app import LedgerApp, LedgerParams
 from node.config import Config
 from node.crypto import Ed25519Key, read_key_file
 from node.home import Home, HomeLock
@@ -41,8 +48,22 @@ class Node(NodeView):
             node_id=self.node_id, moniker=config.node.moniker, region=config.node.region,
             version=__version__))
         self.api = HttpApi(config.api, self, self.metrics)
+        self.consensus = self._build_consensus()
+        self.api.add_routes(ChainApi(self.consensus).routes())
         self.peer_info: dict[str, PeerInfoDoc] = {}
         self.ready_services: set[str] = set()
+
+    def _build_consensus(self) -> ConsensusService:
+        genesis = Genesis.read(self.home.genesis_file)
+        data = self.home.data_dir
+        ledger = LedgerApp.open(data, genesis.chain_id,
+                                [(a.address, a.balance) for a in genesis.accounts],
+                                LedgerParams(max_tx_bytes=genesis.params.max_tx_bytes))
+        return ConsensusService(
+            genesis=genesis, validator_key=read_key_file(self.home.validator_key_file),
+            network=self.p2p, app=ledger, mempool=Mempool(ledger),
+            store=BlockStore(data / "chain.db"), wal=ConsensusWAL(data / "cs.wal"),
+            metrics=self.metrics.consensus)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -51,6 +72,8 @@ class Node(NodeView):
             self.ready_services.add("p2p")
             self.info.install()
             nursery.start_soon(self._learn_peer_info)
+            await nursery.start(self.consensus.run)
+            self.ready_services.add("consensus")
             if self.config.api.enabled:
                 await nursery.start(self.api.run)
                 self.ready_services.add("api")
@@ -107,6 +130,7 @@ class Node(NodeView):
             "ready": ready.ready,
             "listen_addrs": self.p2p.listen_addrs(),
             "peers": peers,
+            "chain": self.consensus.status(),
         }
 
 

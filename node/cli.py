@@ -238,7 +238,8 @@ def cmd_tx(args: argparse.Namespace) -> int:
     chain_id = fetch_json(f"{base}/status")["chain"]["chain_id"]
     account = fetch_json(f"{base}/accounts/{key.address}")
     try:
-        tx = Transfer.signed(key, chain_id, args.to, args.amount, args.fee, account["nonce"])
+        tx = Transfer.signed(key, chain_id, args.to, args.amount, args.fee,
+                              account["next_nonce"])
     except (ValueError, DecodeError) as exc:
         raise CliError(f"bad transfer: {exc}") from exc
     url = f"{base}/txs" + ("?wait=commit" if args.wait else "")
@@ -388,12 +389,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     from node.api.http import ApiStartError
     from node.p2p import BadAddressError, P2PStartError
+    from node.consensus.genesis import GenesisError
+    from node.ledger.state import GenesisError as LedgerGenesisError
+    from node.ledger.store import StoreError
     from node.testnet import TestnetError
 
     try:
         return handlers[args.command](args)
     except (ConfigError, KeyFileError, NodeLockedError, CliError, BadAddressError,
-            P2PStartError, ApiStartError, TestnetError) as exc:
+            P2PStartError, ApiStartError, TestnetError, GenesisError, LedgerGenesisError,
+            StoreError) as exc:
         print(f"dcloud-node: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

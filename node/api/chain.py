@@ -124,7 +124,9 @@ class ChainApi:
             return json_error(400, "an address is 40 hex characters (20 bytes)")
         account = self.app.account(bytes.fromhex(address))
         balance, nonce = (account[0], account[1]) if account is not None else (0, 0)
+        pending = self.consensus.mempool.pending_nonce(bytes.fromhex(address))
         return web.json_response({"address": address, "balance": balance, "nonce": nonce,
+                                  "next_nonce": nonce if pending is None else pending,
                                   "exists": account is not None,
                                   "height": self.consensus.tip.height})
 

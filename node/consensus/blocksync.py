@@ -30,6 +30,8 @@ MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 REQUEST_TIMEOUT_S = 10.0
 STATUS_INTERVAL_S = 2.0
 BAD_BLOCK_PENALTY = 50
+# At start-up, how long to wait for a first peer before deciding nobody is ahead of us.
+STARTUP_PEER_WAIT_S = 5.0
 
 
 class BlockSync:
@@ -106,6 +108,48 @@ class BlockSync:
         async with trio.open_nursery() as nursery:
             for peer in svc.network.connected_peer_ids():
                 nursery.start_soon(one, peer)
+
+    async def catch_up(self) -> None:
+        """Before consensus starts: fetch and apply every block peers have decided."""
+        svc = self.service
+        own_power = svc.validators.power_of(svc.own_address) if svc.own_address else 0
+        if own_power == svc.validators.total_power:
+            svc.catching_up = False
+            return  # the only validator: nobody is ahead of us
+        with trio.move_on_after(STARTUP_PEER_WAIT_S):
+            while not svc.network.connected_peer_ids():
+                await trio.sleep(0.1)
+        while True:
+            await self._poll_status()
+            ahead = self._ahead_peers()
+            if not ahead:
+                break
+            start = svc.height
+            log.info("catching up from height %d", start,
+                     extra={"peers_ahead": len(ahead),
+                            "target": max(svc.peer_heights[p] for p in ahead) - 1})
+            for peer in ahead:
+                await self._fetch_direct(peer)
+            if svc.height == start:
+                break  # nobody could serve us: start consensus and retry in the background
+        svc.catching_up = False
+
+    async def _fetch_direct(self, peer: str) -> None:
+        svc = self.service
+        while svc.peer_heights.get(peer, 0) - 1 >= svc.height:
+            height = svc.height
+            try:
+                answer = await self._ask(peer, ["get", height])
+                block, commit = self._check(answer, height)
+            except (DecodeError, InvalidBlock, InvalidCommit) as exc:
+                svc.network.book.penalise(peer, BAD_BLOCK_PENALTY, f"bad synced block: {exc}")
+                return
+            except Exception as exc:
+                log.debug("fetching block %d from %s failed: %r", height, peer, exc)
+                return
+            if block is None:
+                return
+            svc._commit(block, commit, synced=True)
 
     def _ahead_peers(self) -> list[str]:
         svc = self.service

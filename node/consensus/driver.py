@@ -133,6 +133,7 @@ class ConsensusService:
         self.blocksync = BlockSync(self)
         self.last_commit: Commit | None = None
         self._replaying = False
+        self._initial_sync = True
         self._deferred_value: RequestValue | None = None
         self.tip = self._load_tip()
 
@@ -179,9 +180,13 @@ class ConsensusService:
             nursery.start_soon(self._read_txs)
             nursery.start_soon(self._announce_txs)
             nursery.start_soon(self._retransmit)
+            task_status.started()
+            # Catch up before taking part: a restarted or wiped validator must not vote at
+            # heights the others have already decided.
+            await self.blocksync.catch_up()
+            self._initial_sync = False
             nursery.start_soon(self.blocksync.run)
             self._enter_height(self.height, replay=True)
-            task_status.started()
             async for item in self._recv:
                 try:
                     self._handle(item)
@@ -206,7 +211,10 @@ class ConsensusService:
                 self.network.book.penalise(msg.from_peer, BAD_MESSAGE_PENALTY,
                                            f"bad consensus message: {exc}")
                 continue
-            self._send.send_nowait(_Incoming(decoded, msg.from_peer))
+            try:
+                self._send.send_nowait(_Incoming(decoded, msg.from_peer))
+            except trio.WouldBlock:
+                log.warning("consensus input queue full; dropping a message")
 
     async def _read_txs(self) -> None:
         async for msg in self.network.subscribe(self.txs_topic):
@@ -219,7 +227,7 @@ class ConsensusService:
                                            f"bad tx batch: {exc}")
                 continue
             for tx in txs:
-                self.mempool.add(tx)
+                self.mempool.add(tx, announce=False)  # gossipsub relays it already
             self.metrics.mempool_size.set(self.mempool.size())
             await trio.sleep(0)
 
@@ -241,7 +249,7 @@ class ConsensusService:
 
     async def _timeout(self, t: _Timeout, duration_ms: int) -> None:
         await trio.sleep(duration_ms / 1000)
-        self._send.send_nowait(t)
+        await self._send.send(t)
 
     # ---- the loop ----------------------------------------------------------------------------
 
@@ -447,6 +455,8 @@ class ConsensusService:
         self.committed = trio.Event()
         self._own_messages = []
         self.wal.start_height(height + 1)
+        if self._initial_sync:
+            return  # run() enters consensus once caught up
         if synced:
             self._enter_height(height + 1, replay=False)
         else:
@@ -455,7 +465,7 @@ class ConsensusService:
 
     async def _start_later(self, height: int) -> None:
         await trio.sleep(self.timeouts.commit_ms / 1000)
-        self._send.send_nowait(_Start(height))
+        await self._send.send(_Start(height))
 
     def _record_metrics(self, block: Block, commit: Commit, round_: int, interval: float,
                         synced: bool) -> None:

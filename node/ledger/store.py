@@ -47,7 +47,7 @@ class TxResult(NamedTuple):
     """Where and how a delivered transaction ended: block height, index in the block, outcome."""
 
     height: int
-    index: int
+    tx_index: int  # position in the block
     ok: bool
     code: str
     reason: str
@@ -90,7 +90,7 @@ class LedgerStore:
 
     def _meta(self, key: str) -> bytes | int | str | None:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else row[0]  # type: ignore[no-any-return]
+        return None if row is None else row[0]
 
     def is_initialised(self) -> bool:
         return self._meta("height") is not None
@@ -146,7 +146,7 @@ class LedgerStore:
         with self._transaction():
             last = self._meta("height")
             if last != height - 1:
-                raise StoreError(f"{self.path}: committing height {height} after {last}")
+                raise StoreError(f"{self.path}: committing height {height} after {last!r}")
             self._write_accounts(changes)
             # One tx may be in several blocks (a replay fails with bad_nonce); keep its success
             # if it ever had one, otherwise its latest failure.
@@ -155,7 +155,7 @@ class LedgerStore:
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (hash) DO UPDATE SET "
                 "height = excluded.height, idx = excluded.idx, ok = excluded.ok, "
                 "code = excluded.code, reason = excluded.reason WHERE tx_results.ok = 0",
-                [(h, r.height, r.index, int(r.ok), r.code, r.reason) for h, r in results])
+                [(h, r.height, r.tx_index, int(r.ok), r.code, r.reason) for h, r in results])
             self._conn.executemany(
                 "UPDATE meta SET value = ? WHERE key = ?",
                 [(height, "height"), (app_hash, "app_hash")])

@@ -214,3 +214,22 @@ def testnet_factory(tmp_path: Path) -> Iterator[Callable[[int], Testnet]]:
             for pid in pids:  # whatever survived `down` (a failed test) is ended here
                 if pid_alive(pid):
                     os.kill(pid, signal.SIGKILL)
+        # Nodes a test restarted by hand are not in testnet.json: find them by their home.
+        for pid in _pids_with_arg(str(net.directory)):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _pids_with_arg(fragment: str) -> list[int]:
+    """PIDs of processes with a command-line argument under `fragment` (ours: tmp paths)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if any(a.decode(errors="replace").startswith(fragment) for a in args):
+            found.append(int(entry))
+    return found

@@ -1,0 +1,160 @@
+"""Consensus throughput and latency on a 4-node loopback testnet (real processes).
+
+Drives signed transfers at rising offered rates through POST /txs, spread over the nodes,
+and prints, per rate: sustained committed tx/s, p50/p99 latency from submit to commit (the
+moment a block holding the tx is first seen on node0), and the mean block interval. The
+reference in the same run is the offered rate itself (committed/offered ratio).
+
+    .venv/bin/python bench/consensus.py [--rates 100,300,600,1000] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from node.crypto import read_key_file  # noqa: E402
+from node.ledger.tx import Transfer  # noqa: E402
+
+SENDERS_PER_NODE = 1
+
+
+def cli(*args: str) -> str:
+    return subprocess.run([sys.executable, "-m", "node", *args], check=True,
+                          capture_output=True, text=True).stdout
+
+
+async def watch_blocks(session: aiohttp.ClientSession, url: str, seen: dict[str, float],
+                       intervals: list[float], stop: asyncio.Event) -> None:
+    height = 0
+    async with session.get(f"{url}/blocks/latest") as r:
+        height = (await r.json())["header"]["height"] if r.status == 200 else 0
+    last_time = None
+    while not stop.is_set():
+        async with session.get(f"{url}/blocks/{height + 1}") as r:
+            if r.status != 200:
+                await asyncio.sleep(0.02)
+                continue
+            doc = await r.json()
+        now = time.monotonic()
+        height += 1
+        for h in doc["txs"]:
+            seen.setdefault(h, now)
+        t = doc["header"]["time_ms"] / 1000
+        if last_time is not None:
+            intervals.append(t - last_time)
+        last_time = t
+
+
+async def run_rate(members: list[dict], txs: list[tuple[int, bytes, str]], rate: int,
+                   seconds: float) -> dict[str, float]:
+    seen: dict[str, float] = {}
+    intervals: list[float] = []
+    submitted: dict[str, float] = {}
+    stop = asyncio.Event()
+    rejected = 0
+    async with aiohttp.ClientSession() as session:
+        watcher = asyncio.create_task(
+            watch_blocks(session, members[0]["http_url"], seen, intervals, stop))
+        start = time.monotonic()
+        count = min(len(txs), int(rate * seconds))
+
+        async def submit(i: int) -> None:
+            nonlocal rejected
+            node, tx, h = txs[i]
+            submitted[h] = time.monotonic()
+            async with session.post(f"{members[node]['http_url']}/txs", data=tx,
+                                    headers={"Content-Type": "application/cbor"}) as r:
+                if r.status >= 300:
+                    rejected += 1
+
+        pending = set()
+        for i in range(count):
+            target = start + i / rate
+            delay = target - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            pending.add(asyncio.create_task(submit(i)))
+            pending = {p for p in pending if not p.done()}
+        await asyncio.gather(*pending)
+        send_done = time.monotonic()
+        deadline = send_done + 30
+        while time.monotonic() < deadline and len([h for h in submitted if h in seen]) < \
+                len(submitted) - rejected:
+            await asyncio.sleep(0.1)
+        stop.set()
+        await watcher
+    committed = [seen[h] - submitted[h] for h in submitted if h in seen]
+    last_commit = max((seen[h] for h in submitted if h in seen), default=send_done)
+    lat = sorted(committed)
+    return {
+        "offered_tx_s": count / (send_done - start),
+        "committed_tx_s": len(committed) / max(last_commit - start, 1e-9),
+        "committed": len(committed), "submitted": count, "rejected": rejected,
+        "p50_s": statistics.median(lat) if lat else float("nan"),
+        "p99_s": lat[int(len(lat) * 0.99) - 1] if lat else float("nan"),
+        "block_interval_s": statistics.mean(intervals) if intervals else float("nan"),
+    }
+
+
+def make_txs(members: list[dict], chain_id: str, count: int,
+             nonces: dict[str, int]) -> list[tuple[int, bytes, str]]:
+    keys = [read_key_file(Path(m["home"]) / "keys" / "accounts" / "default.json")
+            for m in members]
+    out = []
+    for i in range(count):
+        n = i % len(keys)
+        key = keys[n]
+        to = keys[(n + 1) % len(keys)].address
+        nonce = nonces[key.address]
+        nonces[key.address] += 1
+        tx = Transfer.signed(key, chain_id, to, 1, 1, nonce)
+        out.append((n, tx.encode(), tx.hash))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rates", default="100,300,600,1000")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--base-port", type=int, default=36656)
+    args = parser.parse_args()
+    rates = [int(r) for r in args.rates.split(",")]
+    directory = Path(tempfile.mkdtemp(prefix="dcloud-bench-"))
+    cli("testnet", "up", "--nodes", "4", "--dir", str(directory), "--base-port",
+        str(args.base_port))
+    try:
+        members = json.loads((directory / "testnet.json").read_text())
+        status = json.loads(cli("status", "--url", members[0]["http_url"], "--json"))
+        chain_id = status["chain"]["chain_id"]
+        nonces = {read_key_file(Path(m["home"]) / "keys" / "accounts" /
+                                "default.json").address: 0 for m in members}
+        print(f"4 validators on 127.0.0.1, chain {chain_id}, {args.seconds:.0f} s per rate")
+        print(f"{'offered':>8} {'committed':>10} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} "
+              f"{'block s':>8} {'rejected':>8}")
+        for rate in rates:
+            txs = make_txs(members, chain_id, int(rate * args.seconds), nonces)
+            r = asyncio.run(run_rate(members, txs, rate, args.seconds))
+            print(f"{r['offered_tx_s']:8.0f} {r['committed_tx_s']:10.0f} "
+                  f"{r['committed_tx_s'] / r['offered_tx_s']:6.2f} {r['p50_s'] * 1000:8.0f} "
+                  f"{r['p99_s'] * 1000:8.0f} {r['block_interval_s']:8.2f} {r['rejected']:8d}",
+                  flush=True)
+            time.sleep(2)
+    finally:
+        cli("testnet", "down", "--dir", str(directory))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
