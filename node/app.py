@@ -12,15 +12,15 @@ import trio
 from node import __version__
 from node.api.chain import ChainApi
 from node.api.http import ApiStartError, HttpApi, NodeView, Readiness
+from node.config import Config
 from node.consensus.driver import ConsensusService
 from node.consensus.genesis import Genesis
 from node.consensus.mempool import Mempool
 from node.consensus.store import BlockStore
 from node.consensus.wal import ConsensusWAL
-from node.ledger.app import LedgerApp, LedgerParams
-from node.config import Config
 from node.crypto import Ed25519Key, read_key_file
 from node.home import Home, HomeLock
+from node.ledger.app import LedgerApp, LedgerParams
 from node.logs import setup_logging
 from node.metrics import NodeMetrics
 from node.p2p import P2PNetwork, P2PStartError, peer_id_of

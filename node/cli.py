@@ -388,10 +388,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "testnet": cmd_testnet,
     }
     from node.api.http import ApiStartError
-    from node.p2p import BadAddressError, P2PStartError
     from node.consensus.genesis import GenesisError
     from node.ledger.state import GenesisError as LedgerGenesisError
     from node.ledger.store import StoreError
+    from node.p2p import BadAddressError, P2PStartError
     from node.testnet import TestnetError
 
     try:

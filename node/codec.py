@@ -58,10 +58,35 @@ def from_cbor(data: bytes, *, max_bytes: int, max_depth: int = MAX_CBOR_DEPTH) -
     if len(data) > max_bytes:
         raise DecodeError(f"message of {len(data)} bytes exceeds the limit of {max_bytes}")
     try:
-        return cbor2.loads(data, max_depth=max_depth, allow_duplicate_keys=False,
-                           tag_hook=_no_tags, allow_indefinite=False)
+        value = cbor2.loads(data, max_depth=max_depth, allow_duplicate_keys=False,
+                            tag_hook=_no_tags, allow_indefinite=False)
     except DecodeError:
         raise
     except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError, OverflowError,
             MemoryError) as exc:
         raise DecodeError(f"malformed CBOR: {exc.__class__.__name__} {exc}".strip()) from exc
+    _check_plain(value)
+    return value
+
+
+_PLAIN = (str, bytes, bool, type(None))
+
+
+def _check_plain(value: Any) -> None:
+    """Only plain data: cbor2 turns its built-in tags (bignums, dates, sets, ...) into objects
+    without calling the tag hook, so what came out is checked instead."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _PLAIN):
+            continue
+        if isinstance(item, int):
+            if not -(2**64) <= item < 2**64:
+                raise DecodeError("CBOR integer out of range (bignums are not allowed)")
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        else:
+            raise DecodeError(f"CBOR value of type {type(item).__name__} is not allowed")

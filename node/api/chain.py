@@ -45,6 +45,7 @@ class ChainApi:
 
     async def post_tx(self, request: web.Request) -> web.Response:
         body = await request.read()
+        doc: dict[str, Any] | None
         max_tx = self.consensus.params.max_tx_bytes
         if len(body) > max_tx * 4 + 1024:
             return json_error(413, f"transaction larger than {max_tx} bytes", code="too_large")
@@ -63,13 +64,12 @@ class ChainApi:
         if not result.ok:
             status = 409 if result.code == "duplicate" else 400
             return json_error(status, result.reason, code=result.code, hash=result.tx_hash)
-        doc: dict[str, Any] = {"hash": result.tx_hash, "status": "pending"}
+        doc = {"hash": result.tx_hash, "status": "pending"}
         if request.query.get("wait") == "commit":
-            committed = await self._wait_committed(result.tx_hash)
-            if committed is None:
+            doc = await self._wait_committed(result.tx_hash)
+            if doc is None:
                 return json_error(504, f"not committed within {WAIT_TIMEOUT_S:.0f} s",
                                   hash=result.tx_hash, code="timeout")
-            doc = committed
         return web.json_response(doc, status=200 if "height" in doc else 202)
 
     async def _wait_committed(self, tx_hash: str) -> dict[str, Any] | None:

@@ -13,6 +13,8 @@ and checks the tx against the last committed state):
   that would leave a gap is refused ("bad_nonce"). Holding gapped txs would let any client park
   unexecutable txs here; clients submit in order, and batches keep their order in gossip.
   Replacing a pending tx (same nonce, higher fee) is not supported.
+- At most `max_txs_per_sender` pending txs per sender ("too_many_pending"), so one account
+  cannot fill the pool nor make eviction scan long runs of its own txs.
 - A sender's balance must cover all its pending txs together ("insufficient_funds"), so a
   proposer never reaps a run whose tail is bound to fail (failed txs pay no fee, so they would
   fill blocks for free).
@@ -41,11 +43,13 @@ Address = bytes
 
 DUPLICATE = "duplicate"
 MEMPOOL_FULL = "mempool_full"
+TOO_MANY_PENDING = "too_many_pending"
 BAD_NONCE = "bad_nonce"
 INSUFFICIENT_FUNDS = "insufficient_funds"
 
 DEFAULT_MAX_TXS = 10_000
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_TXS_PER_SENDER = 128
 
 
 class AccountView(Protocol):
@@ -89,12 +93,14 @@ class Mempool:
     """Pending transactions, bounded by `max_txs` and `max_bytes` (sum of tx sizes)."""
 
     def __init__(self, app: MempoolApp, *, max_txs: int = DEFAULT_MAX_TXS,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        if max_txs < 1 or max_bytes < 1:
+                 max_bytes: int = DEFAULT_MAX_BYTES,
+                 max_txs_per_sender: int = DEFAULT_MAX_TXS_PER_SENDER) -> None:
+        if max_txs < 1 or max_bytes < 1 or max_txs_per_sender < 1:
             raise ValueError("mempool limits must be positive")
         self._app = app
         self.max_txs = max_txs
         self.max_bytes = max_bytes
+        self.max_txs_per_sender = max_txs_per_sender
         self._by_hash: dict[str, _Entry] = {}
         self._senders: dict[Address, _Sender] = {}
         self._bytes = 0
@@ -149,6 +155,9 @@ class Mempool:
             why = "is already pending" if res.nonce < expected else "would leave a gap"
             return _refuse(res, BAD_NONCE, f"nonce {res.nonce} {why}; the sender's next "
                                            f"acceptable nonce is {expected}")
+        if sender and len(sender.entries) >= self.max_txs_per_sender:
+            return _refuse(res, TOO_MANY_PENDING, f"the sender has {len(sender.entries)} txs "
+                                                  f"pending, the most this mempool keeps")
         pending_spend = sender.spend if sender else 0
         if balance < pending_spend + res.spend:
             return _refuse(res, INSUFFICIENT_FUNDS,
@@ -165,7 +174,8 @@ class Mempool:
                 return _refuse(res, MEMPOOL_FULL, "mempool is full of transactions paying "
                                                   f"at least fee {res.fee}")
             for v in victims:
-                self._remove(v)
+                if self._by_hash.get(v.hash) is v:  # not already gone with an earlier nonce
+                    self._remove(v)
 
         entry = _Entry(tx_bytes, tx_hash, res.sender, res.nonce, res.fee, res.spend,
                        self._seq)

@@ -3,8 +3,19 @@
 The Tendermint rules are all thresholds over the messages of the current height, in every
 round (not only the current one): +2/3 of the voting power for one value (L28, L36, L44, L49),
 +2/3 for anything including nil (L34, L47), and more than 1/3 sending any message in a higher
-round (L55). Each validator counts once per (round, type); a second, different vote from it is
-never counted again but reported as DuplicateVoteEvidence.
+round (L55).
+
+Counting, as the paper's message log does:
+- "+2/3 for anything" and "f+1 senders" count each validator once per round (and type);
+- "+2/3 for id(v)" counts the distinct validators that sent a vote for id(v).
+A validator that signs two different votes in one (round, type) is reported once as
+DuplicateVoteEvidence. Its second vote never adds to "+2/3 for anything", and never counts twice
+for one value, but it does count for its own value when that value is *tracked* (nil, or the
+block of a proposal we hold): that is the paper's rule (2f+1 <PRECOMMIT, h, r, id(v)> messages
+from distinct processes), and it is what lets a correct validator that first saw the
+equivocator's vote for A still see the +2/3 for B that everyone else decided. Quorums of two
+different values still need more than 1/3 Byzantine power, so safety is unchanged. Tracking
+keeps a Byzantine validator from making us store votes for values nobody proposed.
 
 Votes for rounds above the current one are needed (L55, and L28/L36/L49 once we get there) but
 a Byzantine validator could sign votes for millions of rounds. As CometBFT does with its
@@ -31,11 +42,13 @@ DEFAULT_MAX_FUTURE_ROUNDS = 2
 
 @dataclass
 class VoteTally:
-    """The votes of one (round, type): at most one per validator, power summed per value."""
+    """The votes of one (round, type), per validator and per value (block id, None for nil)."""
 
-    votes: dict[bytes, Vote] = field(default_factory=dict)  # validator address -> first vote
-    power: dict[bytes | None, int] = field(default_factory=dict)  # block id (None: nil) -> power
-    total: int = 0  # power of every counted vote, nil included
+    first: dict[bytes, Vote] = field(default_factory=dict)  # validator -> its first vote
+    total: int = 0  # power of the first votes: each validator once, nil included
+    first_power: dict[bytes | None, int] = field(default_factory=dict)  # value -> first votes
+    by_value: dict[bytes | None, dict[bytes, Vote]] = field(default_factory=dict)
+    power: dict[bytes | None, int] = field(default_factory=dict)  # value -> distinct voters
 
 
 @dataclass(frozen=True)
@@ -63,35 +76,56 @@ class VoteKeeper:
         self._rounds_of: dict[bytes, set[int]] = {}  # validator -> rounds it has messages in
         self._reported: set[tuple[int, VoteType, bytes]] = set()
         self._precommit_quorums: dict[tuple[int, bytes], None] = {}  # (round, block id)
+        self._tracked: dict[bytes, int] = {}  # block id -> number of held proposals for it
 
     # ---- adding ------------------------------------------------------------------------
 
     def add(self, vote: Vote, current_round: int) -> AddResult:
-        """Count `vote` (signature already verified) unless it is a duplicate or conflict."""
+        """Count `vote` (signature already verified); report it if it conflicts."""
         power = self.validators.power_of(vote.validator)
         if vote.height != self.height or power == 0:
             return AddResult(False)
         tally = self._tallies.get((vote.round, vote.type))
-        first = tally.votes.get(vote.validator) if tally is not None else None
-        if first is not None:
-            if first.block_id == vote.block_id:
+        first = None if tally is None else tally.first.get(vote.validator)
+        if tally is None or first is None:
+            if not self.note_sender(vote.round, vote.validator, current_round):
                 return AddResult(False)
-            key = (vote.round, vote.type, vote.validator)
-            if key in self._reported:
-                return AddResult(False)
+            if tally is None:
+                tally = self._tallies[(vote.round, vote.type)] = VoteTally()
+            tally.first[vote.validator] = vote
+            tally.total += power
+            tally.first_power[vote.block_id] = tally.first_power.get(vote.block_id, 0) + power
+            self._count(tally, vote, power)
+            return AddResult(True)
+        if vote.validator in tally.by_value.get(vote.block_id, {}):
+            return AddResult(False)  # a vote we already have
+        evidence = None
+        key = (vote.round, vote.type, vote.validator)
+        if key not in self._reported:
             self._reported.add(key)
-            return AddResult(False, DuplicateVoteEvidence(first, vote))
-        if not self.note_sender(vote.round, vote.validator, current_round):
-            return AddResult(False)
-        if tally is None:
-            tally = self._tallies[(vote.round, vote.type)] = VoteTally()
-        tally.votes[vote.validator] = vote
+            evidence = DuplicateVoteEvidence(first, vote)
+        if vote.block_id is not None and vote.block_id not in self._tracked:
+            return AddResult(False, evidence)
+        self._count(tally, vote, power)
+        return AddResult(True, evidence)
+
+    def _count(self, tally: VoteTally, vote: Vote, power: int) -> None:
+        tally.by_value.setdefault(vote.block_id, {})[vote.validator] = vote
         tally.power[vote.block_id] = tally.power.get(vote.block_id, 0) + power
-        tally.total += power
         if vote.type == VoteType.PRECOMMIT and vote.block_id is not None and \
                 tally.power[vote.block_id] >= self.quorum:
             self._precommit_quorums[(vote.round, vote.block_id)] = None
-        return AddResult(True)
+
+    def track(self, block_id: bytes) -> None:
+        """A proposal for `block_id` is held: equivocators' votes for it count from now on."""
+        self._tracked[block_id] = self._tracked.get(block_id, 0) + 1
+
+    def untrack(self, block_id: bytes) -> None:
+        left = self._tracked.get(block_id, 0) - 1
+        if left > 0:
+            self._tracked[block_id] = left
+        else:
+            self._tracked.pop(block_id, None)
 
     def note_sender(self, round_: int, address: bytes, current_round: int) -> bool:
         """Record that `address` sent a message (vote or proposal) in `round_`, for L55.
@@ -117,8 +151,14 @@ class VoteKeeper:
     # ---- threshold queries -------------------------------------------------------------
 
     def power(self, round_: int, vote_type: VoteType, block_id: bytes | None) -> int:
+        """Power of the distinct validators that voted `block_id` in this round."""
         tally = self._tallies.get((round_, vote_type))
         return 0 if tally is None else tally.power.get(block_id, 0)
+
+    def first_power(self, round_: int, vote_type: VoteType, block_id: bytes | None) -> int:
+        """Power of the validators whose first vote of this round was for `block_id`."""
+        tally = self._tallies.get((round_, vote_type))
+        return 0 if tally is None else tally.first_power.get(block_id, 0)
 
     def has_quorum(self, round_: int, vote_type: VoteType, block_id: bytes | None) -> bool:
         """+2/3 of the power voted `block_id` (None: nil) in this round."""
@@ -166,13 +206,12 @@ class VoteKeeper:
         tally = self._tallies.get((round_, vote_type))
         if tally is None:
             return []
-        return sorted((v for v in tally.votes.values() if v.block_id == block_id),
-                      key=lambda v: v.validator)
+        return sorted(tally.by_value.get(block_id, {}).values(), key=lambda v: v.validator)
 
     def votes_in(self, round_: int, vote_type: VoteType) -> list[Vote]:
-        """Every counted vote of this round and type, in validator order."""
+        """The first vote of each validator in this round and type, in validator order."""
         tally = self._tallies.get((round_, vote_type))
-        return [] if tally is None else sorted(tally.votes.values(), key=lambda v: v.validator)
+        return [] if tally is None else sorted(tally.first.values(), key=lambda v: v.validator)
 
     def commit(self, round_: int, block_id: bytes) -> Commit | None:
         """A Commit from the +2/3 precommits for `block_id` in `round_`, or None without them."""

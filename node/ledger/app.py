@@ -63,7 +63,11 @@ class LedgerParams:
 
 @dataclass(frozen=True)
 class CheckResult:
-    """Outcome of check_tx. `sender` is the sender's 20-byte address (b"" if undecodable)."""
+    """Outcome of check_tx (and of Mempool.add, which adds its own codes).
+
+    `sender` is the sender's 20-byte address; sender, nonce, fee and amount are empty when the
+    bytes did not decode, and tx_hash is "" when they were not even hashed (too large).
+    """
 
     ok: bool
     code: str

@@ -88,11 +88,29 @@ def genesis_accounts(entries: Iterable[tuple[bytes, int]]) -> dict[bytes, Accoun
     return accounts
 
 
+def _cbor_array_header(length: int) -> bytes:
+    """Canonical CBOR head of an array of `length` items (major type 4, shortest form)."""
+    if length < 24:
+        return bytes([0x80 | length])
+    for prefix, size in ((0x98, 1), (0x99, 2), (0x9A, 4), (0x9B, 8)):
+        if length < 1 << (8 * size):
+            return bytes([prefix]) + length.to_bytes(size, "big")
+    raise ValueError("array too long for CBOR")
+
+
 class LedgerState:
-    """The committed accounts, with a cached app hash."""
+    """The committed accounts, with an app hash kept cheap to recompute.
+
+    The hash is `accounts_hash` of the accounts; it is computed from cached per-account
+    encodings (a canonical CBOR array is its head followed by its items' canonical encodings),
+    so a commit re-encodes only the accounts the block changed.
+    """
 
     def __init__(self, accounts: Mapping[bytes, Account] | None = None) -> None:
         self._accounts: dict[bytes, Account] = dict(accounts or {})
+        self._encoded = {addr: _encode_account(addr, acc)
+                         for addr, acc in self._accounts.items()}
+        self._order = sorted(self._accounts)
         self._hash: bytes | None = None
 
     def get(self, address: bytes) -> Account | None:
@@ -102,27 +120,44 @@ class LedgerState:
         return len(self._accounts)
 
     def items(self) -> list[tuple[bytes, Account]]:
-        return sorted(self._accounts.items())
+        return [(addr, self._accounts[addr]) for addr in self._order]
 
     def app_hash(self) -> bytes:
         if self._hash is None:
-            self._hash = accounts_hash(self._accounts)
+            encoded = self._encoded
+            body = b"".join([encoded[addr] for addr in self._order])
+            self._hash = hashlib.sha256(_cbor_array_header(len(self._order)) + body).digest()
         return self._hash
 
     def apply(self, changes: Mapping[bytes, Account]) -> dict[bytes, Account | None]:
         """Write `changes`; return the previous values (None: absent) so a caller can undo."""
         previous = {addr: self._accounts.get(addr) for addr in changes}
-        self._accounts.update(changes)
+        for addr, acc in changes.items():
+            self._accounts[addr] = acc
+            self._encoded[addr] = _encode_account(addr, acc)
+        new = [addr for addr, acc in previous.items() if acc is None]
+        if new:
+            self._order.extend(new)
+            self._order.sort()  # two sorted runs: timsort merges them in linear time
         self._hash = None
         return previous
 
     def undo(self, previous: Mapping[bytes, Account | None]) -> None:
+        removed = False
         for addr, acc in previous.items():
             if acc is None:
-                self._accounts.pop(addr, None)
+                removed |= self._accounts.pop(addr, None) is not None
+                self._encoded.pop(addr, None)
             else:
                 self._accounts[addr] = acc
+                self._encoded[addr] = _encode_account(addr, acc)
+        if removed:
+            self._order = sorted(self._accounts)
         self._hash = None
+
+
+def _encode_account(address: bytes, acc: Account) -> bytes:
+    return to_cbor([address, acc.balance, acc.nonce])
 
 
 class BlockChanges:

@@ -9,7 +9,7 @@ the next one.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -137,7 +137,7 @@ class LedgerStore:
             self._write_accounts(accounts)
 
     def commit(self, height: int, app_hash: bytes, changes: Mapping[bytes, Account],
-               results: Sequence[tuple[bytes, TxResult]]) -> None:
+               results: Iterable[tuple[bytes, TxResult]]) -> None:
         """Persist block `height`: its account changes, tx results, height and app hash.
 
         All or nothing: if anything fails (or the process dies) before the COMMIT, the file

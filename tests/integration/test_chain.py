@@ -1,4 +1,4 @@
-"""The BFT chain on real processes: blocks, transfers, crashes, halts, catch-up, no double signing."""
+"""The BFT chain on real processes: blocks, transfers, crashes, halts, catch-up, no double-sign."""
 
 from __future__ import annotations
 

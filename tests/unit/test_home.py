@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from node.config import load_config
-from node.crypto import KeyFileError, read_key_file
 from node.consensus.genesis import Genesis
+from node.crypto import KeyFileError, read_key_file
 from node.home import Home, HomeLock, NodeLockedError, read_lock_info, resolve_home
 
 

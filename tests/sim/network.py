@@ -1,0 +1,136 @@
+"""A seeded in-process network and simulated clock for the consensus simulator.
+
+Every random choice (delay, drop, duplicate) comes from the one `random.Random` the network is
+given, and events are ordered by (time, sequence number), so one seed gives one run. Messages
+are Python objects handed over as they are: the simulator checks the protocol, not the codec.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Partition:
+    """From start_ms to end_ms, nodes in different groups cannot reach each other.
+
+    A node in no group is cut off from everyone.
+    """
+
+    start_ms: int
+    end_ms: int
+    groups: tuple[frozenset[int], ...]
+
+    def separates(self, now_ms: int, a: int, b: int) -> bool:
+        if not self.start_ms <= now_ms < self.end_ms:
+            return False
+        return not any(a in g and b in g for g in self.groups)
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Per-message delay (uniform in [min, max] ms, hence reordering), loss and duplication."""
+
+    min_delay_ms: int = 5
+    max_delay_ms: int = 150
+    drop: float = 0.0
+    duplicate: float = 0.0
+    partitions: tuple[Partition, ...] = ()
+
+    @property
+    def heal_ms(self) -> int:
+        """When the last partition heals: global stabilisation time, as far as cuts go."""
+        return max((p.end_ms for p in self.partitions), default=0)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    src: int
+    dst: int
+    message: Any
+
+
+@dataclass
+class NetworkStats:
+    sent: int = 0
+    dropped: int = 0
+    cut: int = 0  # lost to a partition
+    duplicated: int = 0
+    delivered: int = 0
+
+
+@dataclass(order=True)
+class _Entry:
+    time_ms: int
+    seq: int
+    item: Any = field(compare=False)
+
+
+class EventQueue:
+    """Simulated time: events run in (time, insertion) order; `now_ms` is the current event's."""
+
+    def __init__(self) -> None:
+        self.now_ms = 0
+        self._heap: list[_Entry] = []
+        self._seq = 0
+
+    def at(self, time_ms: int, item: Any) -> None:
+        if time_ms < self.now_ms:
+            raise ValueError(f"cannot schedule in the past ({time_ms} < {self.now_ms})")
+        self._seq += 1
+        heapq.heappush(self._heap, _Entry(time_ms, self._seq, item))
+
+    def after(self, delay_ms: int, item: Any) -> None:
+        self.at(self.now_ms + delay_ms, item)
+
+    def pop(self) -> Any:
+        entry = heapq.heappop(self._heap)
+        self.now_ms = entry.time_ms
+        return entry.item
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def next_time_ms(self) -> int:
+        return self._heap[0].time_ms
+
+
+class Network:
+    """Point-to-point sends with random delay, loss, duplication and timed partitions."""
+
+    def __init__(self, config: NetworkConfig, rng: random.Random, queue: EventQueue) -> None:
+        self.config = config
+        self.rng = rng
+        self.queue = queue
+        self.stats = NetworkStats()
+
+    def cut(self, now_ms: int, a: int, b: int) -> bool:
+        return any(p.separates(now_ms, a, b) for p in self.config.partitions)
+
+    def send(self, src: int, dst: int, message: Any) -> None:
+        c = self.config
+        self.stats.sent += 1
+        if self.cut(self.queue.now_ms, src, dst):
+            self.stats.cut += 1
+            return
+        if c.drop and self.rng.random() < c.drop:
+            self.stats.dropped += 1
+            return
+        copies = 1
+        if c.duplicate and self.rng.random() < c.duplicate:
+            copies = 2
+            self.stats.duplicated += 1
+        for _ in range(copies):
+            delay = self.rng.randint(c.min_delay_ms, c.max_delay_ms)
+            self.queue.after(delay, Delivery(src, dst, message))
+
+    def arrives(self, delivery: Delivery) -> bool:
+        """Whether a message in flight survives to delivery (a partition may have started)."""
+        if self.cut(self.queue.now_ms, delivery.src, delivery.dst):
+            self.stats.cut += 1
+            return False
+        self.stats.delivered += 1
+        return True
