@@ -55,6 +55,9 @@ class _Liar(Driver):
     def help(self, peer: int, height: int) -> None:
         pass
 
+    def help_round(self, peer: int, round_: int) -> None:
+        pass
+
 
 class Equivocator(_Liar):
     """Two different proposals to the two halves when proposing; in every round, prevotes and

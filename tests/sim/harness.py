@@ -160,7 +160,7 @@ class Driver:
         self.last_block: Block | None = None
         self.last_commit: Commit | None = None
         self.catchup: dict[int, list[Any]] = {}  # height -> decided proposal and its precommits
-        self.helped: dict[tuple[int, int], int] = {}  # (peer, height) -> when we last helped
+        self.helped: dict[tuple[int, int], int] = {}  # (peer, height or -1-round) -> when
         self.future: dict[Any, None] = {}  # verified messages of the next height, in order
         self.own: dict[tuple[int, int], Any] = {}  # (round, 0 proposal / vote type) -> message
         self.valid_cache: dict[bytes, bool] = {}
@@ -189,6 +189,8 @@ class Driver:
         elif msg.height == height + 1:
             self.future[msg] = None
         elif msg.height == height:
+            if msg.round < self.core.round and self.core.decision is None:
+                self.help_round(src, msg.round)
             self.feed(msg)
 
     def timer(self, t: Timer) -> None:
@@ -204,6 +206,7 @@ class Driver:
         self.last_commit = self.core.last_commit()  # with the precommits that came in late
         self.own = {}
         self.valid_cache = {}
+        self.helped = {k: t for k, t in self.helped.items() if k[1] >= 0}
         self.act(self.core.start_height(height, self.sim.validators))
         buffered, self.future = list(self.future), {}
         for msg in buffered:
@@ -337,6 +340,21 @@ class Driver:
                 msgs[own] = None
         for msg in msgs:
             self.broadcast(msg)
+
+    def help_round(self, peer: int, round_: int) -> None:
+        """Send a peer still in an earlier round of our height the votes we hold for it.
+
+        We re-send only our current round's messages, so without this, a vote we took to
+        move on could be lost to the peer for good, and the peer would wait forever.
+        """
+        key = (peer, -1 - round_)  # rounds of this height, apart from heights in `helped`
+        last = self.helped.get(key)
+        if last is not None and self.now - last < self.sim.scenario.retransmit_ms:
+            return
+        self.helped[key] = self.now
+        for t in (VoteType.PREVOTE, VoteType.PRECOMMIT):
+            for v in self.core.votes.votes_in(round_, t):
+                self.sim.network.send(self.index, peer, v)
 
     def help(self, peer: int, height: int) -> None:
         """Send a peer stuck at `height` what proves our decision there (catch-up)."""

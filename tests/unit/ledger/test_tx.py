@@ -140,7 +140,7 @@ def test_garbage_and_wrong_shapes_are_refused_with_a_reason() -> None:
         (to_cbor([*items[:3], BOB.address, *items[4:]]), "recipient address"),
         (to_cbor([*items[:4], "5", *items[5:]]), "amount must be an integer"),
         (to_cbor([*items[:4], True, *items[5:]]), "amount must be an integer"),
-        (to_cbor([*items[:4], 1.5, *items[5:]]), "amount must be an integer"),
+        (to_cbor([*items[:4], 1.5, *items[5:]]), "float is not allowed"),
         (to_cbor([*items[:6], -1, items[7]]), "nonce"),
         (to_cbor([*items[:6], 2**63, items[7]]), "nonce"),
         (to_cbor([*items[:7], bytes(63)]), "signature"),
