@@ -24,10 +24,12 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from node.crypto import read_key_file  # noqa: E402
+from node.crypto import Ed25519Key, read_key_file  # noqa: E402
 from node.ledger.tx import Transfer  # noqa: E402
 
-SENDERS_PER_NODE = 1
+# Senders: a sender's pending txs must be consecutive and the mempool holds at most 128 per
+# sender, so the load is spread over many funded accounts.
+SENDERS = 256
 
 
 def cli(*args: str) -> str:
@@ -108,10 +110,36 @@ async def run_rate(members: list[dict], txs: list[tuple[int, bytes, str]], rate:
     }
 
 
-def make_txs(members: list[dict], chain_id: str, count: int,
+def fund_senders(members: list[dict], chain_id: str) -> list[Ed25519Key]:
+    """Create SENDERS accounts, funded from the nodes' default accounts, and wait for it."""
+    funders = [read_key_file(Path(m["home"]) / "keys" / "accounts" / "default.json")
+               for m in members]
+    senders = [Ed25519Key.generate() for _ in range(SENDERS)]
+    txs = []
+    for i, key in enumerate(senders):
+        funder = funders[i % len(funders)]
+        txs.append((i % len(members),
+                    Transfer.signed(funder, chain_id, key.address, 10**9, 0, i // len(funders))))
+
+    async def submit() -> None:
+        async with aiohttp.ClientSession() as session:
+            for node, tx in txs:
+                async with session.post(f"{members[node]['http_url']}/txs", data=tx.encode(),
+                                        headers={"Content-Type": "application/cbor"}) as r:
+                    assert r.status < 300, await r.text()
+            last = txs[-1][1]
+            while True:
+                async with session.get(f"{members[0]['http_url']}/txs/{last.hash}") as r:
+                    if r.status == 200 and (await r.json()).get("status") == "committed":
+                        return
+                await asyncio.sleep(0.2)
+
+    asyncio.run(submit())
+    return senders
+
+
+def make_txs(members: list[dict], chain_id: str, count: int, keys: list[Ed25519Key],
              nonces: dict[str, int]) -> list[tuple[int, bytes, str]]:
-    keys = [read_key_file(Path(m["home"]) / "keys" / "accounts" / "default.json")
-            for m in members]
     out = []
     for i in range(count):
         n = i % len(keys)
@@ -120,7 +148,7 @@ def make_txs(members: list[dict], chain_id: str, count: int,
         nonce = nonces[key.address]
         nonces[key.address] += 1
         tx = Transfer.signed(key, chain_id, to, 1, 1, nonce)
-        out.append((n, tx.encode(), tx.hash))
+        out.append((i % len(members), tx.encode(), tx.hash))
     return out
 
 
@@ -138,13 +166,13 @@ def main() -> int:
         members = json.loads((directory / "testnet.json").read_text())
         status = json.loads(cli("status", "--url", members[0]["http_url"], "--json"))
         chain_id = status["chain"]["chain_id"]
-        nonces = {read_key_file(Path(m["home"]) / "keys" / "accounts" /
-                                "default.json").address: 0 for m in members}
+        senders = fund_senders(members, chain_id)
+        nonces = {k.address: 0 for k in senders}
         print(f"4 validators on 127.0.0.1, chain {chain_id}, {args.seconds:.0f} s per rate")
         print(f"{'offered':>8} {'committed':>10} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} "
               f"{'block s':>8} {'rejected':>8}")
         for rate in rates:
-            txs = make_txs(members, chain_id, int(rate * args.seconds), nonces)
+            txs = make_txs(members, chain_id, int(rate * args.seconds), senders, nonces)
             r = asyncio.run(run_rate(members, txs, rate, args.seconds))
             print(f"{r['offered_tx_s']:8.0f} {r['committed_tx_s']:10.0f} "
                   f"{r['committed_tx_s'] / r['offered_tx_s']:6.2f} {r['p50_s'] * 1000:8.0f} "

@@ -19,6 +19,7 @@ set or hash-ordered collection is ever iterated.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 from collections import deque
@@ -436,10 +437,8 @@ class Simulation:
             self.rng.shuffle(nodes)
             cut = self.rng.randint(1, scenario.n - 1)
             start, end = scenario.partition_ms
-            network = NetworkConfig(
-                network.min_delay_ms, network.max_delay_ms, network.drop, network.duplicate,
-                network.partitions + (Partition(start, end, (frozenset(nodes[:cut]),
-                                                             frozenset(nodes[cut:]))),))
+            split = Partition(start, end, (frozenset(nodes[:cut]), frozenset(nodes[cut:])))
+            network = dataclasses.replace(network, partitions=network.partitions + (split,))
         self.network = Network(network, random.Random(self.rng.getrandbits(64)), self.queue)
         self.gst_ms = network.heal_ms
         self.byzantine = self._place_byzantine(powers)

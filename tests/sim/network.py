@@ -32,18 +32,24 @@ class Partition:
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    """Per-message delay (uniform in [min, max] ms, hence reordering), loss and duplication."""
+    """Per-message delay (uniform in [min, max] ms, hence reordering), loss and duplication.
+
+    Until `async_until_ms` the network is asynchronous: delays go up to `async_max_delay_ms`,
+    far beyond the timeouts, so rounds end before their messages arrive.
+    """
 
     min_delay_ms: int = 5
     max_delay_ms: int = 150
     drop: float = 0.0
     duplicate: float = 0.0
     partitions: tuple[Partition, ...] = ()
+    async_until_ms: int = 0
+    async_max_delay_ms: int = 0
 
     @property
     def heal_ms(self) -> int:
-        """When the last partition heals: global stabilisation time, as far as cuts go."""
-        return max((p.end_ms for p in self.partitions), default=0)
+        """Global stabilisation time: the last partition has healed, delays are bounded."""
+        return max([p.end_ms for p in self.partitions] + [self.async_until_ms])
 
 
 @dataclass(frozen=True)
@@ -123,8 +129,9 @@ class Network:
         if c.duplicate and self.rng.random() < c.duplicate:
             copies = 2
             self.stats.duplicated += 1
+        longest = c.async_max_delay_ms if self.queue.now_ms < c.async_until_ms else c.max_delay_ms
         for _ in range(copies):
-            delay = self.rng.randint(c.min_delay_ms, c.max_delay_ms)
+            delay = self.rng.randint(c.min_delay_ms, longest)
             self.queue.after(delay, Delivery(src, dst, message))
 
     def arrives(self, delivery: Delivery) -> bool:
