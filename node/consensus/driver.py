@@ -52,6 +52,7 @@ from node.metrics import ConsensusMetrics
 log = logging.getLogger("dcloud.consensus")
 
 RETRANSMIT_INTERVAL_S = 1.0
+PROPOSAL_RETRANSMIT_TICKS = 3
 TX_ANNOUNCE_INTERVAL_S = 0.05
 MAX_FUTURE_MESSAGES = 10_000
 BAD_MESSAGE_PENALTY = 20
@@ -125,6 +126,7 @@ class ConsensusService:
         self._pending_evidence: dict[bytes, DuplicateVoteEvidence] = {}
         self._committed_evidence: set[bytes] = set()
         self._own_messages: list[messages.ConsensusMessage] = []  # current height, to resend
+        self._seen_proposals: set[tuple[int, int, bytes]] = set()  # current height
         self.peer_heights: dict[str, int] = {}
         self.catching_up = True
         self.committed = trio.Event()  # set (then replaced) after every commit
@@ -242,9 +244,21 @@ class ConsensusService:
                 await self.network.publish(self.txs_topic, messages.encode_txs(batch))
 
     async def _retransmit(self) -> None:
+        """Re-publish our messages of the current height while it is undecided.
+
+        Votes go out every interval; a proposal (it carries the whole block) only when the
+        height has made no progress for a few intervals, which is when someone may lack it.
+        """
+        ticks = 0
+        last_height = -1
         while True:
             await trio.sleep(RETRANSMIT_INTERVAL_S)
+            if self.height != last_height:
+                last_height, ticks = self.height, 0
+            ticks += 1
             for msg in list(self._own_messages):
+                if isinstance(msg, messages.ProposalMsg) and ticks < PROPOSAL_RETRANSMIT_TICKS:
+                    continue
                 await self.network.publish(self.topic, messages.encode(msg))
 
     async def _timeout(self, t: _Timeout, duration_ms: int) -> None:
@@ -304,6 +318,10 @@ class ConsensusService:
     def _feed(self, msg: messages.ConsensusMessage) -> None:
         if isinstance(msg, messages.ProposalMsg):
             p = msg.proposal
+            key = (p.height, p.round, p.signature)
+            if key in self._seen_proposals:
+                return  # a retransmission: already validated and fed
+            self._seen_proposals.add(key)
             valid = self._proposal_valid(p)
             self.wal.append(["proposal", p.to_list(), valid])
             self._act(self.core.on_proposal(p, valid))
@@ -321,6 +339,7 @@ class ConsensusService:
 
     def _enter_height(self, height: int, *, replay: bool) -> None:
         self._own_messages = []
+        self._seen_proposals = set()
         self._round_started_at = trio.current_time()
         records = self.wal.records() if replay else []
         if replay and records and records[0] == ["height", height]:

@@ -110,6 +110,37 @@ class Equivocator(_Liar):
                 self.broadcast(pair[1], adv.side_b())
 
 
+class Mirror(Equivocator):
+    """An equivocator that answers each honest validator's vote with its own vote for the
+    same value, sent to that validator alone, so that everyone sees one more vote agreeing
+    with itself. Its precommits for a value go to one honest validator per round only: that
+    one may decide while the others, locked on the value, do not."""
+
+    def __init__(self, sim: Simulation, index: int) -> None:
+        super().__init__(sim, index)
+        self.mirrored: set[tuple[int, int, int, int]] = set()  # (peer, height, round, type)
+        self.favoured: dict[tuple[int, int], int] = {}  # (height, round) -> the one honest
+
+    def send_vote(self, o: BroadcastVote) -> list[Output]:
+        own = self.sim.crypto.vote(self.key, o.type, o.height, o.round, o.block_id)
+        return self.core.on_vote(own)  # it speaks only through mirroring
+
+    def receive(self, src: int, msg: Any) -> None:
+        super().receive(src, msg)
+        if isinstance(msg, Proposal) or src in self.sim.adversary.byzantine:
+            return
+        key = (src, msg.height, msg.round, int(msg.type))
+        if key in self.mirrored or msg.height < self.core.height:
+            return
+        self.mirrored.add(key)
+        value = msg.block_id
+        if msg.type == VoteType.PRECOMMIT and value is not None and \
+                self.favoured.setdefault((msg.height, msg.round), src) != src:
+            value = None
+        echo = self.sim.crypto.vote(self.key, msg.type, msg.height, msg.round, value)
+        self.broadcast(echo, (src,))
+
+
 class InvalidProposer(_Liar):
     """Honest, except that its fresh proposals carry a transaction the application rejects."""
 
@@ -148,6 +179,7 @@ class RandomVoter(_Liar):
 BEHAVIOURS: dict[str, type[Driver]] = {
     "silent": Silent,
     "equivocator": Equivocator,
+    "mirror": Mirror,
     "invalid": InvalidProposer,
     "random": RandomVoter,
 }

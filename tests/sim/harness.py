@@ -361,7 +361,7 @@ class Driver:
         """Send a peer stuck at `height` what proves our decision there (catch-up)."""
         proof = self.catchup.get(height)
         last = self.helped.get((peer, height))
-        if not proof or last is not None and self.now - last < self.sim.scenario.retransmit_ms:
+        if not self.sim.scenario.catchup or not proof or last is not None and self.now - last < self.sim.scenario.retransmit_ms:
             return
         self.helped[(peer, height)] = self.now
         for msg in proof:
@@ -387,6 +387,7 @@ class Scenario:
     liveness_ms: int = 60_000  # after stabilisation, everyone must decide that many heights
     max_byzantine_power_fraction: tuple[int, int] = (1, 3)  # strictly below this fraction
     core: type[ConsensusCore] = ConsensusCore
+    catchup: bool = True  # honest drivers send decided heights to peers still working on them
     stop_on_violation: bool = False
 
 

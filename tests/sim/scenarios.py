@@ -7,6 +7,9 @@ from tests.sim.network import NetworkConfig
 
 LOSSY = NetworkConfig(min_delay_ms=5, max_delay_ms=150, drop=0.2, duplicate=0.05)
 ROUGH = NetworkConfig(min_delay_ms=1, max_delay_ms=400, drop=0.1, duplicate=0.1)
+# Asynchronous for the first 8 s: delays up to 1.5 s, longer than the first rounds' timeouts.
+ASYNC = NetworkConfig(min_delay_ms=5, max_delay_ms=150, drop=0.1, duplicate=0.05,
+                      async_until_ms=8000, async_max_delay_ms=1500)
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     # Honest validators only: loss, duplication, reordering, a partition with no quorum side.
@@ -21,11 +24,13 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              byzantine=("invalid",)),
     Scenario("n4-random", n=4, network=ROUGH, partition_ms=(1000, 4000),
              byzantine=("random",)),
+    Scenario("n4-async-mirror", n=4, network=ASYNC, byzantine=("mirror",)),
     # f = 2 of 7, colluding.
     Scenario("n7-equivocators", n=7, network=LOSSY, partition_ms=(1000, 4000),
              byzantine=("equivocator", "equivocator")),
     Scenario("n7-mixed", n=7, network=ROUGH, partition_ms=(1000, 4000),
              byzantine=("equivocator", "random")),
+    Scenario("n7-async-mirrors", n=7, network=ASYNC, byzantine=("mirror", "equivocator")),
     Scenario("n7-silent-invalid", n=7, network=LOSSY, partition_ms=(1000, 4000),
              byzantine=("silent", "invalid")),
     # Unequal voting power: the Byzantine validator is placed with less than 1/3 of it.
@@ -43,8 +48,10 @@ SWEEP_SEEDS: dict[str, int] = {
     "n4-silent": 100,
     "n4-invalid": 100,
     "n4-random": 120,
+    "n4-async-mirror": 120,
     "n7-equivocators": 60,
     "n7-mixed": 60,
+    "n7-async-mirrors": 50,
     "n7-silent-invalid": 50,
     "weighted-equivocator": 100,
     "weighted-n5-mixed": 80,

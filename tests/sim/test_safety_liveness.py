@@ -11,6 +11,7 @@ Reproduce one run: SIM_SEED=1234 SIM_SCENARIO=n4-equivocator pytest tests/sim -k
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from node.consensus.core import ConsensusCore, Event, Output, ProposalAndPolkaPr
     ProposalInRound, Step
 from tests.sim.harness import Scenario, SimResult, run
 from tests.sim.network import EventQueue, Network, NetworkConfig, Partition
-from tests.sim.scenarios import LOSSY, SCENARIOS, SWEEP_SEEDS
+from tests.sim.scenarios import ASYNC, LOSSY, SCENARIOS, SWEEP_SEEDS
 
 SMOKE_SEEDS = 3
 REPO = Path(__file__).resolve().parents[2]
@@ -127,12 +128,15 @@ def test_safety_checker_catches_more_than_a_third_byzantine() -> None:
 
 
 def test_safety_checker_catches_a_core_that_ignores_its_lock() -> None:
-    scenario = Scenario("n4-lock-ignoring", n=4, network=LOSSY, byzantine=("equivocator",),
-                        core=LockIgnoringCore, liveness_ms=20_000, stop_on_violation=True)
-    found = first_violation(scenario, range(40))
+    """An asynchronous start, a mirroring Byzantine validator and no catch-up (which would
+    hand the decision to the validators it left locked but undecided, and hide the bug)."""
+    broken = Scenario("n4-lock-ignoring", n=4, network=ASYNC, byzantine=("mirror",),
+                      core=LockIgnoringCore, catchup=False, liveness_ms=5_000,
+                      stop_on_violation=True)
+    found = first_violation(broken, range(60))
     assert found is not None, "the lock-ignoring core was never caught"
-    correct = run(Scenario("n4-lock-kept", n=4, network=LOSSY, byzantine=("equivocator",),
-                           liveness_ms=20_000), found.seed)
+    assert any("agreement violated" in v for v in found.violations)
+    correct = run(dataclasses.replace(broken, core=ConsensusCore), found.seed)
     assert not correct.violations  # the same seed is safe with the real core
 
 
