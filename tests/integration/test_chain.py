@@ -204,3 +204,48 @@ def test_validators_killed_mid_round_never_double_sign(testnet_factory):
             assert recorded.get(key) == bytes.fromhex(s["signature"]), key
             checked += 1
     assert checked >= 3 * final
+
+
+async def test_equivocation_is_detected_gossiped_and_included_as_evidence(testnet_factory):
+    import trio
+
+    from node.consensus import messages
+    from node.consensus.types import Vote, VoteType
+    from tests.integration.test_bad_peers import _client
+
+    net = testnet_factory(4)
+    await trio.to_thread.run_sync(net.up)
+    members = net.members()
+    await trio.to_thread.run_sync(wait_height, members, 1, 60)
+    chain_id = (await trio.to_thread.run_sync(chain, members[0]))["chain_id"]
+    byzantine = read_key_file(Path(members[3]["home"]) / "keys" / "validator_key.json")
+    spy = _client(members[0]["p2p_addr"])
+    topic = messages.consensus_topic(chain_id)
+
+    def evidence_blocks() -> list[dict]:
+        top = height(members[0])
+        found = []
+        for h in range(max(1, top - 30), top + 1):
+            doc = http_get(f"{members[0]['http_url']}/blocks/{h}")[1]
+            found += [e for e in doc.get("evidence", [])]
+        return found
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(spy.run)
+        found: list[dict] = []
+        with trio.fail_after(90):
+            while not found:
+                # Node3 signs a prevote for some block at the next height; this forged
+                # prevote for another block conflicts with it.
+                h = await trio.to_thread.run_sync(height, members[0])
+                for target in (h + 1, h + 2):
+                    forged = Vote.signed(byzantine, chain_id, VoteType.PREVOTE, target, 0,
+                                         os.urandom(32))
+                    await spy.publish(topic, messages.encode(messages.VoteMsg(forged)))
+                await trio.sleep(1.5)
+                found = await trio.to_thread.run_sync(evidence_blocks)
+        nursery.cancel_scope.cancel()
+    assert {e["validator"] for e in found} == {byzantine.address}
+    assert all(e["type"] == "prevote" for e in found)
+    detected = [metric(m, "dcloud_consensus_evidence_total") for m in members]
+    assert sum(1 for d in detected if d >= 1) >= 3, detected

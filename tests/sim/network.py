@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -68,40 +68,32 @@ class NetworkStats:
     delivered: int = 0
 
 
-@dataclass(order=True)
-class _Entry:
-    time_ms: int
-    seq: int
-    item: Any = field(compare=False)
-
-
 class EventQueue:
     """Simulated time: events run in (time, insertion) order; `now_ms` is the current event's."""
 
     def __init__(self) -> None:
         self.now_ms = 0
-        self._heap: list[_Entry] = []
+        self._heap: list[tuple[int, int, Any]] = []  # (time, seq, item): seq breaks ties
         self._seq = 0
 
     def at(self, time_ms: int, item: Any) -> None:
         if time_ms < self.now_ms:
             raise ValueError(f"cannot schedule in the past ({time_ms} < {self.now_ms})")
         self._seq += 1
-        heapq.heappush(self._heap, _Entry(time_ms, self._seq, item))
+        heapq.heappush(self._heap, (time_ms, self._seq, item))
 
     def after(self, delay_ms: int, item: Any) -> None:
         self.at(self.now_ms + delay_ms, item)
 
     def pop(self) -> Any:
-        entry = heapq.heappop(self._heap)
-        self.now_ms = entry.time_ms
-        return entry.item
+        self.now_ms, _, item = heapq.heappop(self._heap)
+        return item
 
     def __len__(self) -> int:
         return len(self._heap)
 
     def next_time_ms(self) -> int:
-        return self._heap[0].time_ms
+        return self._heap[0][0]
 
 
 class Network:
@@ -114,7 +106,10 @@ class Network:
         self.stats = NetworkStats()
 
     def cut(self, now_ms: int, a: int, b: int) -> bool:
-        return any(p.separates(now_ms, a, b) for p in self.config.partitions)
+        for p in self.config.partitions:
+            if p.separates(now_ms, a, b):
+                return True
+        return False
 
     def send(self, src: int, dst: int, message: Any) -> None:
         c = self.config
