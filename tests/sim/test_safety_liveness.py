@@ -19,8 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from node.consensus.core import ConsensusCore, Event, Output, ProposalAndPolkaPrevious, \
-    ProposalInRound, Step
+from node.consensus.core import (
+    ConsensusCore,
+    Event,
+    Output,
+    ProposalAndPolkaPrevious,
+    ProposalInRound,
+    Step,
+)
 from tests.sim.harness import Scenario, SimResult, run
 from tests.sim.network import EventQueue, Network, NetworkConfig, Partition
 from tests.sim.scenarios import ASYNC, LOSSY, SCENARIOS, SWEEP_SEEDS
