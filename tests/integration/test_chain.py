@@ -244,6 +244,28 @@ async def test_equivocation_is_detected_gossiped_and_included_as_evidence(testne
                     await spy.publish(topic, messages.encode(messages.VoteMsg(forged)))
                 await trio.sleep(1.5)
                 found = await trio.to_thread.run_sync(evidence_blocks)
+
+        # Garbage, a vote with a bad signature and a vote by a non-validator are dropped
+        # and cost the sender score; the chain carries on.
+        h = await trio.to_thread.run_sync(height, members[0])
+        good = Vote.signed(byzantine, chain_id, VoteType.PREVOTE, h + 1, 0, os.urandom(32))
+        bad_sig = Vote(good.type, good.height, good.round, good.block_id, good.validator,
+                       bytes(64))
+        from node.crypto import Ed25519Key
+
+        outsider = Vote.signed(Ed25519Key.generate(), chain_id, VoteType.PREVOTE, h + 1, 0,
+                               None)
+        for payload in (b"\xff\xfe garbage", messages.encode(messages.VoteMsg(bad_sig)),
+                        messages.encode(messages.VoteMsg(outsider))):
+            await spy.publish(topic, payload)
+
+        def spy_score() -> int | None:
+            peers = http_get(f"{members[0]['http_url']}/status")[1]["peers"]
+            scores = [p["score"] for p in peers if p["peer_id"] == spy.peer_id]
+            return scores[0] if scores and scores[0] <= -60 else None
+
+        assert await trio.to_thread.run_sync(wait_for, spy_score, 20, "the spy's score to drop")
+        await trio.to_thread.run_sync(wait_height, members, h + 2, 60)
         nursery.cancel_scope.cancel()
     assert {e["validator"] for e in found} == {byzantine.address}
     assert all(e["type"] == "prevote" for e in found)
