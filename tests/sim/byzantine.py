@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from node.consensus.core import BroadcastProposal, BroadcastVote, Output
 from node.consensus.types import Block, Proposal, VoteType
-from tests.sim.harness import CHAIN, INVALID_TX, Driver
+from tests.sim.driver import CHAIN, INVALID_TX, Driver
 
 if TYPE_CHECKING:
     from tests.sim.harness import Simulation

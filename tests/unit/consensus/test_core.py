@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.consensus.core import (
+    MAX_UNSUPPORTED_PROPOSALS,
     BroadcastProposal,
     BroadcastVote,
     ConsensusCore,
@@ -130,6 +131,33 @@ def votes_of(outputs: list[Output]) -> list[tuple[VoteType, int, bytes | None]]:
 
 def timeouts_of(outputs: list[Output]) -> list[tuple[Step, int, int]]:
     return [(o.kind, o.round, o.duration_ms) for o in outputs if isinstance(o, ScheduleTimeout)]
+
+
+# ---- timeouts -----------------------------------------------------------------------------
+
+
+def test_timeouts_grow_linearly_with_the_round() -> None:
+    t = TimeoutParams()
+    assert [t.propose(r) for r in range(3)] == [1000, 1500, 2000]
+    assert [t.prevote(r) for r in range(3)] == [500, 750, 1000]
+    assert [t.precommit(r) for r in range(3)] == [500, 750, 1000]
+    assert 0 <= t.commit_ms <= 200
+    assert t.propose(10**12) == 24 * 3600 * 1000  # a peer-driven huge round stays bounded
+
+
+@pytest.mark.parametrize("bad", [{"propose_ms": -1}, {"prevote_delta_ms": 1.5},
+                                 {"commit_ms": True}, {"precommit_ms": 10**12}])
+def test_timeouts_reject_nonsense(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="milliseconds"):
+        TimeoutParams(**bad)  # type: ignore[arg-type]
+
+
+def test_core_uses_its_timeout_params() -> None:
+    net = Net()
+    net.core.timeouts = TimeoutParams(propose_ms=7, propose_delta_ms=3)
+    net.start()
+    out = net.votes(PV, 2, None, [0, 1])  # L55 to round 2
+    assert ScheduleTimeout(Step.PROPOSE, 1, 2, 13) in out
 
 
 # ---- StartRound (L11-L21) -----------------------------------------------------------------
@@ -483,7 +511,53 @@ def test_equivocating_vote_is_reported() -> None:
     ev = [o for o in out if isinstance(o, Equivocation)]
     assert len(ev) == 1
     ev[0].evidence.check(CHAIN, net.vs)
-    assert net.core.votes.power(0, PV, B) == 0
+    assert net.core.votes.power(0, PV, B.id) == 0  # nobody proposed B: not counted
+    assert votes_of(net.propose(0, B)) == [(PV, 0, B.id)]
+    assert net.core.votes.power(0, PV, B.id) == 1  # ours; the equivocator's came too early
+
+
+def test_an_equivocators_second_precommit_completes_the_commit() -> None:
+    """Validator 3 showed us a precommit for A; the others decided B with its precommit for B.
+    The paper counts distinct senders of <PRECOMMIT, h, r, id(B)>, so we decide B too."""
+    net = Net(me=None)
+    net.start()
+    B0 = make_block(1, "b0")
+    net.votes(PC, 0, A, [3])
+    net.votes(PC, 0, B0, [0, 1])
+    net.propose(0, B0)
+    assert net.core.decision is None
+    out = net.votes(PC, 0, B0, [3])
+    assert [type(o) for o in out] == [Equivocation, Decide]
+    decide = out[1]
+    assert isinstance(decide, Decide) and decide.block == B0
+    decide.commit.verify(CHAIN, net.vs)
+
+
+def test_an_equivocating_proposer_cannot_make_us_hold_many_blocks() -> None:
+    net = Net()
+    net.start()
+    blocks = [make_block(1, f"spam {i}") for i in range(12)]
+    net.votes(PV, 0, blocks[3], [1])  # someone's first prevote supports block 3
+    for b in blocks:
+        net.propose(0, b)
+    kept = [p.proposal.block for p in net.core.proposals(0)]
+    assert len(kept) == 2 + MAX_UNSUPPORTED_PROPOSALS
+    assert kept[0] == blocks[0]  # the first one, which we prevoted
+    assert blocks[3] in kept  # supported by a vote
+    assert kept[-MAX_UNSUPPORTED_PROPOSALS:] == blocks[-MAX_UNSUPPORTED_PROPOSALS:]
+
+
+def test_a_validator_cannot_fill_many_future_rounds() -> None:
+    net = Net()
+    net.start()
+    net.votes(PV, 5, A, [0])
+    net.votes(PV, 6, A, [0])
+    net.votes(PV, 7, A, [0])  # a third round ahead of ours: refused for now
+    assert [net.core.votes.power(r, PV, A.id) for r in (5, 6, 7)] == [1, 1, 0]
+    net.votes(PV, 6, None, [1])  # f+1 in round 6: we go there (L55)
+    assert net.core.round == 6
+    net.votes(PV, 7, A, [0])  # now round 7 is only one ahead
+    assert net.core.votes.power(7, PV, A.id) == 1
 
 
 def test_messages_of_other_heights_are_ignored() -> None:
@@ -518,18 +592,17 @@ def test_proposer_is_weighted_round_robin(powers: list[int]) -> None:
 _delta = st.sampled_from([0, 0, 0, 0, 1, 2, -1])
 _block = st.sampled_from([A, A, B, C])
 _value = st.sampled_from([A, A, A, B, None])
-_input = st.one_of(
-    st.tuples(st.just("proposal"), _delta, _block, st.sampled_from([-1, -1, 1, 2]),
-              st.sampled_from([True, True, True, False])),
-    st.tuples(st.just("vote"), st.sampled_from([0, 1, 3]), st.sampled_from([PV, PC]),
-              _delta, _value),
-    st.tuples(st.just("timeout"), st.sampled_from(list(Step)), _delta),
-)
+_proposal = st.tuples(st.just("proposal"), _delta, _block, st.sampled_from([-1, -1, 1, 2]),
+                      st.sampled_from([True, True, True, False]))
+_vote = st.tuples(st.just("vote"), st.sampled_from([[0], [1], [3], [0, 1], [1, 3], [0, 1, 3]]),
+                  st.sampled_from([PV, PC]), _delta, _value)
+_timeout = st.tuples(st.just("timeout"), st.sampled_from(list(Step)), _delta)
+_input = st.one_of(_proposal, _vote, _vote, _vote, _timeout)
 SEEN_IN_RANDOM_SCHEDULES: Counter[str] = Counter()
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(_input, max_size=80))
+@given(st.lists(_input, min_size=10, max_size=80))
 def test_random_schedules_keep_the_invariants(inputs: list[tuple[object, ...]]) -> None:
     """Whatever arrives in whatever order: one vote per (round, type), locks are consistent,
     rounds never go back, one decision, and every decision carries a commit that verifies."""
@@ -544,9 +617,9 @@ def test_random_schedules_keep_the_invariants(inputs: list[tuple[object, ...]]) 
             case ("proposal", int(dr), Block() as b, int(back), bool(valid)):
                 r = max(0, c.round + dr)
                 out += net.propose(r, b, vr=-1 if back < 0 else r - back, valid=valid)
-            case ("vote", int(i), VoteType() as t, int(dr), v):
+            case ("vote", list(who), VoteType() as t, int(dr), v):
                 assert v is None or isinstance(v, Block)
-                out += net.votes(t, max(0, c.round + dr), v, [i])
+                out += net.votes(t, max(0, c.round + dr), v, who)
             case ("timeout", Step() as kind, int(dr)):
                 out += net.timeout(kind, max(0, c.round + dr))
         assert c.round >= before
