@@ -54,3 +54,24 @@ def parse_peer_addr(text: str) -> PeerAddr:
     except Exception as exc:
         raise BadAddressError(f"multiaddr {text!r} has a bad peer id: {exc}") from exc
     return PeerAddr(peer_id=info.peer_id.to_base58(), addr=str(maddr))
+
+
+def public_key_of(peer_id: str) -> bytes | None:
+    """The raw ed25519 public key embedded in a peer id (None for other or malformed ids).
+
+    An ed25519 peer id is the identity multihash of the protobuf-encoded public key, so a
+    signature by a node can be checked from its id alone.
+    """
+    from libp2p.crypto.keys import KeyType
+    from libp2p.peer.id import ID
+
+    if not isinstance(peer_id, str) or not 0 < len(peer_id) <= 128:
+        return None
+    try:
+        key = ID.from_base58(peer_id).extract_public_key()
+    except Exception:
+        return None
+    if key is None or key.get_type() != KeyType.Ed25519:
+        return None
+    raw = key.to_bytes()
+    return raw if len(raw) == 32 else None

@@ -334,6 +334,17 @@ class P2PNetwork:
         except Exception:  # an unknown peer has no addresses
             return []
 
+    def add_peer_addrs(self, peer_id: str, addrs: list[str], ttl_s: int = 3600) -> None:
+        """Remember where a peer (learnt from membership gossip) can be dialled."""
+        maddrs = []
+        for text in addrs:
+            try:
+                maddrs.append(parse_listen_addr(text.split("/p2p/")[0]))
+            except ValueError:
+                continue
+        if maddrs and self._host is not None:
+            self._host.get_peerstore().add_addrs(ID.from_base58(peer_id), maddrs, ttl_s)
+
     def known_peer_ids(self) -> list[str]:
         """Peers with addresses in the peer store (connected or not), excluding ourselves."""
         if self._host is None:
