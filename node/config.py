@@ -47,13 +47,23 @@ class P2PSection:
 
 
 @dataclass(frozen=True)
+class GossipSection:
+    heartbeat_interval_s: float
+    summary_interval_s: float
+    probe_interval_ms: int
+    probe_timeout_ms: int
+    suspicion_mult: int
+
+
+@dataclass(frozen=True)
 class ApiSection:
     enabled: bool
     listen: str
     max_body_bytes: int
 
 
-SECTIONS: dict[str, type] = {"node": NodeSection, "p2p": P2PSection, "api": ApiSection}
+SECTIONS: dict[str, type] = {"node": NodeSection, "p2p": P2PSection, "gossip": GossipSection,
+                             "api": ApiSection}
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,7 @@ class Config:
     home: Path
     node: NodeSection
     p2p: P2PSection
+    gossip: GossipSection
     api: ApiSection
 
     @property
@@ -201,6 +212,7 @@ def load_config(
         home=home,
         node=NodeSection(**merged["node"]),
         p2p=P2PSection(**merged["p2p"]),
+        gossip=GossipSection(**merged["gossip"]),
         api=ApiSection(**merged["api"]),
     )
     validate(config)
@@ -241,6 +253,15 @@ def validate(config: Config) -> None:
         value = getattr(p2p, name)
         if not math.isfinite(value) or value <= 0:
             raise ConfigError(f"p2p.{name} must be a finite number > 0, got {value}")
+    g = config.gossip
+    for name in ("heartbeat_interval_s", "summary_interval_s"):
+        value = getattr(g, name)
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"gossip.{name} must be a finite number > 0, got {value}")
+    if not 10 <= g.probe_timeout_ms < g.probe_interval_ms:
+        raise ConfigError("gossip.probe_timeout_ms must be >= 10 and below probe_interval_ms")
+    if not 1 <= g.suspicion_mult <= 100:
+        raise ConfigError("gossip.suspicion_mult must be between 1 and 100")
     if p2p.max_frame_bytes < 1024:
         raise ConfigError("p2p.max_frame_bytes must be at least 1024")
     if config.api.max_body_bytes < 1024:

@@ -73,6 +73,30 @@ class ConsensusMetrics:
                                 registry=registry)
 
 
+class MembershipMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.members = Gauge("dcloud_membership_members", "Members by state.", ["state"],
+                             registry=registry)
+        self.probes_sent = Counter("dcloud_membership_probes", "SWIM probes sent.",
+                                   registry=registry)
+        self.probes_failed = Counter("dcloud_membership_probe_failures",
+                                     "SWIM probes that got no ack (direct or indirect).",
+                                     registry=registry)
+        self.events = Counter("dcloud_membership_events",
+                              "Membership events (joins, suspicions, deaths, leaves, refutes).",
+                              ["event"], registry=registry)
+        self.detect_seconds = Histogram(
+            "dcloud_membership_detect_seconds",
+            "From first suspicion of a member to its declared death.",
+            buckets=(0.5, 1, 2, 4, 8, 16, 32, 64), registry=registry)
+        self.leader_changes = Counter("dcloud_membership_leader_changes",
+                                      "Times a region's leader changed.", registry=registry)
+        self.rejected_summaries = Counter(
+            "dcloud_membership_rejected_summaries",
+            "Region summaries refused because their sender is not the region's leader.",
+            registry=registry)
+
+
 class NodeMetrics:
     """All metrics of one node process."""
 
@@ -92,6 +116,7 @@ class NodeMetrics:
         )
         self.p2p = P2PMetrics(self.registry)
         self.consensus = ConsensusMetrics(self.registry)
+        self.membership = MembershipMetrics(self.registry)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -168,13 +168,13 @@ def _share_genesis(directory: Path, homes: list[Home]) -> None:
 def _write_testnet_config(home: Home, moniker: str, region: str,
                           settings: dict[tuple[str, str], Any]) -> None:
     """(Re)write the node's config.toml so that `start --home` alone restarts it identically."""
-    from node.config import load_config, render_config_toml
+    from node.config import SECTIONS, load_config, render_config_toml
 
     values: dict[tuple[str, str], Any] = {("node", "moniker"): moniker, ("node", "region"): region}
     if home.config_file.exists():
         # Keep what an operator changed by hand; the testnet's own settings win.
         current = load_config(home.root, env={})
-        for section in ("node", "p2p", "api"):
+        for section in tuple(SECTIONS):
             for key, value in asdict(getattr(current, section)).items():
                 values[(section, key)] = value
     values.update(settings)
