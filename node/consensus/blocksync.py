@@ -135,21 +135,27 @@ class BlockSync:
         svc.catching_up = False
 
     async def _fetch_direct(self, peer: str) -> None:
+        """Apply `peer`'s blocks ourselves (before the consensus loop runs)."""
         svc = self.service
         while svc.peer_heights.get(peer, 0) - 1 >= svc.height:
-            height = svc.height
-            try:
-                answer = await self._ask(peer, ["get", height])
-                block, commit = self._check(answer, height)
-            except (DecodeError, InvalidBlock, InvalidCommit) as exc:
-                svc.network.book.penalise(peer, BAD_BLOCK_PENALTY, f"bad synced block: {exc}")
+            fetched = await self._fetch_next(peer)
+            if fetched is None:
                 return
-            except Exception as exc:
-                log.debug("fetching block %d from %s failed: %r", height, peer, exc)
-                return
-            if block is None:
-                return
-            svc._commit(block, commit, synced=True)
+            svc._commit(*fetched, synced=True)
+
+    async def _fetch_next(self, peer: str) -> tuple[Block, Commit] | None:
+        """The block at our next height from `peer`, checked; None if it has none or failed."""
+        svc = self.service
+        height = svc.height
+        try:
+            return self._check(await self._ask(peer, ["get", height]), height)
+        except (DecodeError, InvalidBlock, InvalidCommit) as exc:
+            log.warning("bad block %d from %s: %s", height, peer, exc)
+            svc.network.book.penalise(peer, BAD_BLOCK_PENALTY, f"bad synced block: {exc}")
+            return None
+        except Exception as exc:
+            log.debug("fetching block %d from %s failed: %r", height, peer, exc)
+            return None
 
     def _ahead_peers(self) -> list[str]:
         svc = self.service
@@ -158,12 +164,8 @@ class BlockSync:
 
     async def run(self) -> None:
         svc = self.service
-        first = True
         while True:
             await self._poll_status()
-            if first and not svc.network.connected_peer_ids():
-                pass  # alone for now: nothing to catch up with yet
-            first = False
             ahead = self._ahead_peers()
             best = max((svc.peer_heights[p] for p in ahead), default=0)
             svc.catching_up = best - 1 > svc.height
@@ -181,18 +183,10 @@ class BlockSync:
         for peer in peers:
             while svc.peer_heights.get(peer, 0) - 1 >= svc.height:
                 height = svc.height
-                try:
-                    answer = await self._ask(peer, ["get", height])
-                    block, commit = self._check(answer, height)
-                except (DecodeError, InvalidBlock, InvalidCommit) as exc:
-                    log.warning("bad block %d from %s: %s", height, peer, exc)
-                    svc.network.book.penalise(peer, BAD_BLOCK_PENALTY, f"bad synced block: {exc}")
+                fetched = await self._fetch_next(peer)
+                if fetched is None:
                     break
-                except Exception as exc:
-                    log.debug("fetching block %d from %s failed: %r", height, peer, exc)
-                    break
-                if block is None:
-                    break
+                block, commit = fetched
                 committed = svc.committed
                 svc._send.send_nowait(_synced(block, commit))
                 with trio.move_on_after(REQUEST_TIMEOUT_S):
@@ -200,9 +194,10 @@ class BlockSync:
                 if svc.height <= height:
                     break  # not applied (consensus got there first, or it failed)
 
-    def _check(self, answer: Any, height: int) -> tuple[Block | None, Commit]:
+    def _check(self, answer: Any, height: int) -> tuple[Block, Commit] | None:
+        """The checked block and commit of an answer; None when the peer has no such block."""
         if isinstance(answer, list) and answer and answer[0] == "none":
-            return None, Commit(height, 0, b"\0" * 32, ())
+            return None
         if not (isinstance(answer, list) and len(answer) == 3 and answer[0] == "block"):
             raise DecodeError("blocksync answer must be ['block', block, commit]")
         block = Block.from_list(answer[1])
