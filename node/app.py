@@ -12,6 +12,9 @@ import trio
 from node import __version__
 from node.api.chain import ChainApi
 from node.api.http import ApiStartError, HttpApi, NodeView, Readiness
+from node.api.members import MembersApi
+from node.gossip.service import MembershipService
+from node.runtime.resources import ResourceMonitor
 from node.config import Config
 from node.consensus.driver import ConsensusService
 from node.consensus.genesis import Genesis
@@ -50,6 +53,11 @@ class Node(NodeView):
         self.api = HttpApi(config.api, self, self.metrics)
         self.consensus = self._build_consensus()
         self.api.add_routes(ChainApi(self.consensus).routes())
+        self.membership = MembershipService(
+            network=self.p2p, node_key=node_key, chain_id=self.consensus.chain_id,
+            region=config.node.region, version=__version__, config=config.gossip,
+            monitor=ResourceMonitor(self.home.data_dir), metrics=self.metrics.membership)
+        self.api.add_routes(MembersApi(self.membership).routes())
         self.peer_info: dict[str, PeerInfoDoc] = {}
         self.ready_services: set[str] = set()
 
@@ -74,6 +82,8 @@ class Node(NodeView):
             nursery.start_soon(self._learn_peer_info)
             await nursery.start(self.consensus.run)
             self.ready_services.add("consensus")
+            await nursery.start(self.membership.run)
+            self.ready_services.add("membership")
             if self.config.api.enabled:
                 await nursery.start(self.api.run)
                 self.ready_services.add("api")
@@ -83,6 +93,10 @@ class Node(NodeView):
             log.info("node started", extra={"listen_addrs": self.p2p.listen_addrs(),
                                             "moniker": self.config.node.moniker})
             task_status.started()
+
+    async def before_shutdown(self) -> None:
+        """Leave the cluster gracefully while the network is still up."""
+        await self.membership.leave()
 
     async def _learn_peer_info(self) -> None:
         while True:
@@ -131,6 +145,7 @@ class Node(NodeView):
             "listen_addrs": self.p2p.listen_addrs(),
             "peers": peers,
             "chain": self.consensus.status(),
+            "membership": self.membership.status(),
         }
 
 
@@ -161,6 +176,7 @@ async def run_until_signalled(node: Node) -> None:
             async def wait_signal() -> None:
                 async for signum in signals:
                     log.info("received %s, shutting down", signal.Signals(signum).name)
+                    await node.before_shutdown()
                     nursery.cancel_scope.cancel()
                     return
 

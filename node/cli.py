@@ -121,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", help="node API URL, e.g. http://127.0.0.1:26660 (instead of --home)")
     p.add_argument("--json", action="store_true", help="print the raw JSON status")
 
+    p = sub.add_parser("members", help="the cluster's members, their state and region leaders")
+    _add_home(p)
+    p.add_argument("--url", help="node API URL (default: the node running on --home)")
+    p.add_argument("--json", action="store_true", help="print raw JSON")
+
     p = sub.add_parser("testnet", help="a local multi-node network on 127.0.0.1")
     tsub = p.add_subparsers(dest="testnet_command", required=True, metavar="TESTNET_COMMAND")
     up = tsub.add_parser("up", help="create (if missing) and start N nodes, wait for a full mesh")
@@ -128,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--dir", required=True, help="directory holding the node homes")
     up.add_argument("--base-port", type=int, default=26656,
                     help="first port; node i uses base+10*i (p2p) and base+10*i+1 (HTTP)")
+    up.add_argument("--regions", default=",".join(["us-east", "eu-west", "ap-south"]),
+                    help="comma-separated regions, assigned to nodes in turn")
     up.add_argument("--timeout", type=float, default=90.0,
                     help="seconds to wait for every node to be ready (default 90)")
     down = tsub.add_parser("down", help="stop the testnet's nodes")
@@ -279,6 +286,25 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_members(args: argparse.Namespace) -> int:
+    doc = fetch_json(f"{_base_url(args)}/members")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    leaders = set(doc.get("leaders", {}).values())
+    print(f"{'NODE ID':<54} {'REGION':<10} {'STATE':<8} {'INC':>4} {'HB AGE':>7}  "
+          f"{'CPU FREE':>9} {'MEM FREE':>10}")
+    for m in doc.get("members", []):
+        res = m.get("resources") or {}
+        hb = "-" if m.get("last_heartbeat_s") is None else f"{m['last_heartbeat_s']:.1f}s"
+        mark = " *" if m["node_id"] in leaders else ""
+        print(f"{m['node_id']:<54} {m['region']:<10} {m['state']:<8} {m['incarnation']:>4} "
+              f"{hb:>7}  {res.get('cpu_millicores_free', 0):>8}m "
+              f"{res.get('memory_bytes_free', 0) // 2**20:>8}Mi{mark}")
+    print("* region leader")
+    return 0
+
+
 def cmd_keys_show(args: argparse.Namespace) -> int:
     home = Home(resolve_home(args.home))
     node_key = read_key_file(home.node_key_file)
@@ -368,8 +394,9 @@ def cmd_testnet(args: argparse.Namespace) -> int:
 
     directory = Path(args.dir).expanduser().resolve()
     if args.testnet_command == "up":
+        regions = [r.strip() for r in args.regions.split(",") if r.strip()]
         return testnet.up(directory, nodes=args.nodes, base_port=args.base_port,
-                          timeout=args.timeout)
+                          timeout=args.timeout, regions=regions)
     if args.testnet_command == "down":
         return testnet.down(directory, grace=args.grace)
     return testnet.status(directory)
@@ -384,6 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "keys": cmd_keys,
         "tx": cmd_tx,
         "query": cmd_query,
+        "members": cmd_members,
         "status": cmd_status,
         "testnet": cmd_testnet,
     }

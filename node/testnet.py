@@ -95,13 +95,15 @@ def save(directory: Path, nodes: list[TestnetNode]) -> None:
     tmp.replace(directory / TESTNET_FILE)
 
 
-def plan(directory: Path, count: int, base_port: int) -> list[TestnetNode]:
+def plan(directory: Path, count: int, base_port: int,
+         regions: list[str] | None = None) -> list[TestnetNode]:
     """Create missing homes and return the testnet's nodes (not yet started)."""
+    regions = regions or REGIONS
     nodes: list[TestnetNode] = []
     homes = [Home(directory / f"node{i}") for i in range(count)]
     for i, home in enumerate(homes):
         if not home.node_key_file.exists():
-            home.init(moniker=f"node{i}", region=REGIONS[i % len(REGIONS)])
+            home.init(moniker=f"node{i}", region=regions[i % len(regions)])
     from node.p2p import peer_id_of
 
     peer_ids = [peer_id_of(read_key_file(h.node_key_file)) for h in homes]
@@ -118,7 +120,7 @@ def plan(directory: Path, count: int, base_port: int) -> list[TestnetNode]:
             ("api", "listen"): f"{HOST}:{http_port}",
             ("node", "log_format"): "json",
         }
-        _write_testnet_config(home, f"node{i}", REGIONS[i % len(REGIONS)], settings)
+        _write_testnet_config(home, f"node{i}", regions[i % len(regions)], settings)
         nodes.append(TestnetNode(
             name=f"node{i}", home=str(home.root), peer_id=peer_ids[i],
             p2p_addr=f"/ip4/{HOST}/tcp/{p2p_port}/p2p/{peer_ids[i]}",
@@ -204,7 +206,8 @@ def fetch_status(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
         return None
 
 
-def up(directory: Path, *, nodes: int, base_port: int, timeout: float) -> int:
+def up(directory: Path, *, nodes: int, base_port: int, timeout: float,
+       regions: list[str] | None = None) -> int:
     if nodes < 1 or nodes > 64:
         raise TestnetError("--nodes must be between 1 and 64")
     if not 1024 <= base_port <= 65535 - 10 * nodes:
@@ -213,7 +216,7 @@ def up(directory: Path, *, nodes: int, base_port: int, timeout: float) -> int:
     previous = {}
     if (directory / TESTNET_FILE).exists():
         previous = {n.name: n for n in load(directory)}
-    members = plan(directory, nodes, base_port)
+    members = plan(directory, nodes, base_port, regions)
     for node in members:
         old = previous.get(node.name)
         if old and pid_alive(old.pid) and _is_our_node(old.pid or 0, node.home):

@@ -88,6 +88,7 @@ class MembershipService:
         self._suspected_at: dict[str, float] = {}
         self._limiter = trio.CapacityLimiter(SEND_CONCURRENCY)
         self._nursery: trio.Nursery | None = None
+        self._left = False
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -100,27 +101,26 @@ class MembershipService:
                               suspicion_mult=self.config.suspicion_mult),
             rng=random.Random(), sign=self.key.sign, verify=_verify_node)
         self.network.set_handler(PROTOCOL, self._serve)
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.start_soon(self._tick_loop)
-                nursery.start_soon(self._join_loop)
-                nursery.start_soon(self._heartbeat_loop)
-                nursery.start_soon(self._read_heartbeats)
-                nursery.start_soon(self._summary_loop)
-                nursery.start_soon(self._read_summaries)
-                task_status.started()
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(LEAVE_GRACE_S):
-                await self._leave()
-
-    async def _leave(self) -> None:
-        if self.core is None:
-            return
-        sends = self.core.leave(now_ms())
         async with trio.open_nursery() as nursery:
-            for send in sends:
-                nursery.start_soon(self._send, send)
+            self._nursery = nursery
+            nursery.start_soon(self._tick_loop)
+            nursery.start_soon(self._join_loop)
+            nursery.start_soon(self._heartbeat_loop)
+            nursery.start_soon(self._read_heartbeats)
+            nursery.start_soon(self._summary_loop)
+            nursery.start_soon(self._read_summaries)
+            task_status.started()
+
+    async def leave(self) -> None:
+        """Tell the cluster we are leaving (call before the network shuts down)."""
+        if self.core is None or self._left:
+            return
+        self._left = True
+        sends = self.core.leave(now_ms())
+        with trio.move_on_after(LEAVE_GRACE_S):
+            async with trio.open_nursery() as nursery:
+                for send in sends:
+                    nursery.start_soon(self._send, send)
 
     # ---- SWIM transport ----------------------------------------------------------------------
 

@@ -182,9 +182,9 @@ class Testnet:
     def members(self) -> list[dict[str, Any]]:
         return json.loads((self.directory / "testnet.json").read_text())  # type: ignore[no-any-return]
 
-    def up(self, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    def up(self, timeout: float = 90, *extra: str) -> subprocess.CompletedProcess[str]:
         return cli("testnet", "up", "--nodes", str(self.nodes), "--dir", str(self.directory),
-                   "--base-port", str(self.base_port), "--timeout", str(timeout),
+                   "--base-port", str(self.base_port), "--timeout", str(timeout), *extra,
                    timeout=timeout + 30)
 
     def down(self) -> subprocess.CompletedProcess[str]:
