@@ -13,8 +13,6 @@ from node import __version__
 from node.api.chain import ChainApi
 from node.api.http import ApiStartError, HttpApi, NodeView, Readiness
 from node.api.members import MembersApi
-from node.gossip.service import MembershipService
-from node.runtime.resources import ResourceMonitor
 from node.config import Config
 from node.consensus.driver import ConsensusService
 from node.consensus.genesis import Genesis
@@ -22,12 +20,14 @@ from node.consensus.mempool import Mempool
 from node.consensus.store import BlockStore
 from node.consensus.wal import ConsensusWAL
 from node.crypto import Ed25519Key, read_key_file
+from node.gossip.service import MembershipService
 from node.home import Home, HomeLock
 from node.ledger.app import LedgerApp, LedgerParams
 from node.logs import setup_logging
 from node.metrics import NodeMetrics
 from node.p2p import P2PNetwork, P2PStartError, peer_id_of
 from node.p2p.info import InfoProtocol, PeerInfoDoc
+from node.runtime.resources import ResourceMonitor
 
 log = logging.getLogger("dcloud.node")
 
