@@ -32,6 +32,7 @@ from node.gossip.heartbeat import (
     encode_summary,
 )
 from node.gossip.swim import Membership, Send, SwimConfig
+from node.gossip.swim_messages import MAX_FRAME_BYTES
 from node.metrics import MembershipMetrics
 from node.p2p import P2PNetwork, Stream
 from node.p2p.addrs import public_key_of
@@ -40,7 +41,7 @@ from node.runtime.resources import ResourceMonitor
 log = logging.getLogger("dcloud.gossip")
 
 PROTOCOL = "/dcloud/swim/0.1.0"
-MAX_SWIM_FRAME_BYTES = 64 * 1024
+MAX_SWIM_FRAME_BYTES = MAX_FRAME_BYTES  # a push_pull (full state) is the largest message
 TICK_S = 0.05
 SEND_TIMEOUT_S = 1.0
 SEND_CONCURRENCY = 32
