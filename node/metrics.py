@@ -91,6 +91,14 @@ class MembershipMetrics:
             buckets=(0.5, 1, 2, 4, 8, 16, 32, 64), registry=registry)
         self.leader_changes = Counter("dcloud_membership_leader_changes",
                                       "Times a region's leader changed.", registry=registry)
+        self.heartbeat_batches = Counter(
+            "dcloud_membership_heartbeat_batches",
+            "Gossip messages of heartbeats this node published (each carries up to 128).",
+            registry=registry)
+        self.rejected_heartbeats = Counter(
+            "dcloud_membership_rejected_heartbeats",
+            "Heartbeats handed to this node to relay although it does not lead their region.",
+            registry=registry)
         self.rejected_summaries = Counter(
             "dcloud_membership_rejected_summaries",
             "Region summaries refused because their sender is not the region's leader.",

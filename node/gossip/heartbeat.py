@@ -1,9 +1,11 @@
 """Signed heartbeats (what a node offers and has free) and regional summaries, on gossip.
 
-Topic dcloud/<chain-id>/heartbeats carries msgpack ["hb", body, signature]; topic
-dcloud/<chain-id>/regions carries ["summary", body, signature]. The signature is the
-sending node's ed25519 signature over a domain tag and the canonical body bytes, checked
-against the public key inside the claimed node id, so nobody can speak for another node.
+A heartbeat is msgpack ["hb", body, signature]; topic dcloud/<chain-id>/heartbeats carries
+batches ["hbs", [heartbeat, ...]] so that many heartbeats share one gossip message (gossip
+costs milliseconds of CPU per message per node); topic dcloud/<chain-id>/regions carries
+["summary", body, signature]. Every signature is its node's ed25519 signature over a domain
+tag and the canonical body bytes, checked against the public key inside the claimed node id,
+so a relay can carry other nodes' heartbeats but nobody can speak for another node.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from node.runtime.resources import HostResources, InvalidResources
 MAX_HEARTBEAT_BYTES = 4096
 MAX_SUMMARY_BYTES = 256 * 1024
 MAX_REGION_MEMBERS = 1000
+MAX_BATCH = 128  # heartbeats per gossip message (~200 bytes each)
+MAX_BATCH_BYTES = MAX_BATCH * (MAX_HEARTBEAT_BYTES + 8)
 RESOURCE_KEYS = tuple(HostResources.__dataclass_fields__)
 
 
@@ -105,6 +109,27 @@ def decode_heartbeat(data: bytes, public_key_of: Callable[[str], bytes | None]) 
                    _resources(dict(zip(RESOURCE_KEYS, body[5], strict=True))))
     _check_signature(hb.node_id, "heartbeat", body, sig, public_key_of)
     return hb
+
+
+def encode_batch(heartbeats: list[bytes]) -> bytes:
+    """One gossip message carrying already encoded (signed) heartbeats."""
+    if not 0 < len(heartbeats) <= MAX_BATCH:
+        raise ValueError(f"a batch holds 1-{MAX_BATCH} heartbeats, not {len(heartbeats)}")
+    return pack(["hbs", heartbeats])
+
+
+def decode_batch(data: bytes, public_key_of: Callable[[str], bytes | None]) -> list[Heartbeat]:
+    """Every heartbeat of a batch, each checked; one bad heartbeat rejects the whole batch
+    (the relay checked them before batching, so a bad one means a bad relay)."""
+    raw = unpack(data, max_bytes=MAX_BATCH_BYTES, max_items=MAX_BATCH)
+    if not isinstance(raw, list) or len(raw) != 2 or raw[0] != "hbs" or \
+            not isinstance(raw[1], list) or not 0 < len(raw[1]) <= MAX_BATCH or \
+            not all(isinstance(item, bytes) for item in raw[1]):
+        raise DecodeError(f"heartbeat batch must be ['hbs', [1-{MAX_BATCH} heartbeats]]")
+    out = [decode_heartbeat(item, public_key_of) for item in raw[1]]
+    if len({hb.node_id for hb in out}) != len(out):
+        raise DecodeError("heartbeat batch holds two heartbeats of one node")
+    return out
 
 
 def decode_summary(data: bytes, public_key_of: Callable[[str], bytes | None]) -> RegionSummary:

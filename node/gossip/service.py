@@ -2,7 +2,11 @@
 
 - SWIM messages travel one per stream on /dcloud/swim/0.1.0 (one frame, then close): a lost
   or refused stream is a lost datagram, which SWIM is built to tolerate.
-- Every `heartbeat_interval_s` the node gossips a signed heartbeat with its free resources.
+- Every `heartbeat_interval_s` the node signs a heartbeat with its free resources and hands
+  it to its region's leader on /dcloud/heartbeat/0.1.0; the leader gossips its region's
+  heartbeats in one batch per interval, so gossip carries about one message per region per
+  interval instead of one per node. A node that leads, knows no leader, finds the leader's
+  circuit open or does not see its last heartbeats come back in a batch publishes its own.
 - The oldest alive member of each region (node.gossip.leader) gossips a signed summary of
   its region; members accept a summary only from the node they hold to be its leader.
 - On shutdown the node leaves gracefully, so others mark it `left` at once.
@@ -23,11 +27,16 @@ from node.config import GossipSection
 from node.crypto import Ed25519Key, verify
 from node.gossip import leader as leadership
 from node.gossip.heartbeat import (
+    MAX_BATCH,
+    MAX_HEARTBEAT_BYTES,
+    MAX_REGION_MEMBERS,
     RESOURCE_KEYS,
     Heartbeat,
     RegionSummary,
+    decode_batch,
     decode_heartbeat,
     decode_summary,
+    encode_batch,
     encode_heartbeat,
     encode_summary,
 )
@@ -36,11 +45,15 @@ from node.gossip.swim_messages import MAX_FRAME_BYTES
 from node.metrics import MembershipMetrics
 from node.p2p import P2PNetwork, Stream
 from node.p2p.addrs import public_key_of
+from node.p2p.breaker import BreakerRegistry, CircuitOpenError
+from node.p2p.breaker import call as breaker_call
 from node.runtime.resources import ResourceMonitor
 
 log = logging.getLogger("dcloud.gossip")
 
 PROTOCOL = "/dcloud/swim/0.1.0"
+HEARTBEAT_PROTOCOL = "/dcloud/heartbeat/0.1.0"
+RELAY_LAG = 2  # own heartbeats not seen relayed before we publish ourselves
 MAX_SWIM_FRAME_BYTES = MAX_FRAME_BYTES  # a push_pull (full state) is the largest message
 TICK_S = 0.05
 SEND_TIMEOUT_S = 1.0
@@ -85,6 +98,9 @@ class MembershipService:
         self.summaries: dict[str, RegionSummary] = {}
         self._leaders: dict[str, str] = {}
         self._seq = 0
+        self._relayed_seq = 0  # our newest heartbeat seen in a batch on the topic
+        self._batch: dict[str, tuple[int, bytes]] = {}  # heartbeats to publish next
+        self._breakers = BreakerRegistry(failure_threshold=2, cool_down_ms=30_000)
         self._counted_probes = (0, 0)
         self._suspected_at: dict[str, float] = {}
         self._limiter = trio.CapacityLimiter(SEND_CONCURRENCY)
@@ -102,6 +118,7 @@ class MembershipService:
                               suspicion_mult=self.config.suspicion_mult),
             rng=random.Random(), sign=self.key.sign, verify=_verify_node)
         self.network.set_handler(PROTOCOL, self._serve)
+        self.network.set_handler(HEARTBEAT_PROTOCOL, self._serve_heartbeat)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._tick_loop)
@@ -134,10 +151,7 @@ class MembershipService:
     async def _send(self, send: Send) -> None:
         assert self.core is not None
         async with self._limiter:
-            for member in self.core.members():
-                if member.node_id == send.to:
-                    self.network.add_peer_addrs(send.to, list(member.addrs))
-                    break
+            self._remember_addrs(send.to)
             try:
                 with trio.fail_after(SEND_TIMEOUT_S):
                     stream = await self.network.open_stream(send.to, PROTOCOL)
@@ -147,6 +161,12 @@ class MembershipService:
                         await stream.close()
             except Exception as exc:  # a lost datagram; SWIM's probes notice what matters
                 log.debug("swim message to %s lost: %r", send.to, exc)
+
+    def _remember_addrs(self, node_id: str) -> None:
+        assert self.core is not None
+        member = self.core.member(node_id)
+        if member is not None:
+            self.network.add_peer_addrs(node_id, list(member.addrs))
 
     async def _serve(self, stream: Stream) -> None:
         assert self.core is not None
@@ -229,27 +249,100 @@ class MembershipService:
             self._seq += 1
             hb = Heartbeat(self.node_id, self._seq, now_ms(), self.region, self.version,
                            resources.to_wire())
+            data = encode_heartbeat(hb, self.key.sign)
             self.heartbeats[self.node_id] = Seen(hb, now_ms())
-            await self.network.publish(topic, encode_heartbeat(hb, self.key.sign))
+            leader = self._leaders.get(self.region)
+            if leader is None or leader == self.node_id or \
+                    self._seq - self._relayed_seq > RELAY_LAG or not await self._hand_over(
+                        leader, data):
+                self._batch[self.node_id] = (hb.seq, data)
+                self._relayed_seq = self._seq
+                await self._publish_batch(topic)
             await trio.sleep(self.config.heartbeat_interval_s)
+
+    async def _hand_over(self, leader: str, data: bytes) -> bool:
+        """Give our heartbeat to the region's leader to batch; False if that failed."""
+        async def send() -> None:
+            self._remember_addrs(leader)
+            with trio.fail_after(SEND_TIMEOUT_S):
+                stream = await self.network.open_stream(leader, HEARTBEAT_PROTOCOL)
+                try:
+                    await stream.write_frame(data)
+                finally:
+                    await stream.close()
+
+        try:
+            await breaker_call(self._breakers, leader, send)
+            return True
+        except CircuitOpenError:
+            return False
+        except Exception as exc:
+            log.debug("heartbeat to leader %s failed: %r", leader, exc)
+            return False
+
+    async def _publish_batch(self, topic: str) -> None:
+        pending = [data for _, (_, data) in sorted(self._batch.items())]
+        self._batch.clear()
+        for i in range(0, len(pending), MAX_BATCH):
+            await self.network.publish(topic, encode_batch(pending[i:i + MAX_BATCH]))
+            self.metrics.heartbeat_batches.inc()
+
+    async def _serve_heartbeat(self, stream: Stream) -> None:
+        """A member of our region hands us its heartbeat to batch (we lead the region)."""
+        assert self.core is not None
+        peer = stream.peer_id
+        try:
+            with trio.fail_after(SEND_TIMEOUT_S):
+                frame = await stream.read_frame(MAX_HEARTBEAT_BYTES)
+            if frame is None:
+                return
+            hb = decode_heartbeat(frame, public_key_of)
+        except DecodeError as exc:
+            self.network.book.penalise(peer, BAD_MESSAGE_PENALTY, f"bad heartbeat: {exc}")
+            return
+        except Exception as exc:
+            log.debug("heartbeat stream from %s failed: %r", peer, exc)
+            self.network.book.penalise(peer, BAD_MESSAGE_PENALTY, f"bad heartbeat frame: {exc}")
+            await stream.reset()
+            return
+        finally:
+            await stream.close()
+        if hb.node_id != peer:
+            self.network.book.penalise(peer, BAD_MESSAGE_PENALTY, "heartbeat for another node")
+            return
+        member = self.core.member(peer)
+        if self._leaders.get(self.region) != self.node_id or member is None or \
+                member.region != self.region or hb.region != self.region:
+            # Views differ for a moment after a change: refuse quietly, the member
+            # publishes its heartbeat itself when it is not relayed.
+            self.metrics.rejected_heartbeats.inc()
+            return
+        self._accept(hb)
+        queued = self._batch.get(peer)
+        if (queued is None and len(self._batch) < MAX_REGION_MEMBERS) or \
+                (queued is not None and hb.seq > queued[0]):
+            self._batch[peer] = (hb.seq, frame)
+
+    def _accept(self, hb: Heartbeat) -> None:
+        seen = self.heartbeats.get(hb.node_id)
+        if seen is None or hb.seq > seen.heartbeat.seq:
+            self.heartbeats[hb.node_id] = Seen(hb, now_ms())
 
     async def _read_heartbeats(self) -> None:
         async for msg in self.network.subscribe(heartbeat_topic(self.chain_id)):
             try:
-                hb = decode_heartbeat(msg.data, public_key_of)
+                batch = decode_batch(msg.data, public_key_of)
             except DecodeError as exc:
+                # Each heartbeat carries its own node's signature, so a relay cannot forge
+                # one; a batch with a bad one comes from a bad relay.
                 self.network.book.penalise(msg.from_peer, BAD_MESSAGE_PENALTY,
-                                           f"bad heartbeat: {exc}")
+                                           f"bad heartbeat batch: {exc}")
                 continue
-            if hb.node_id != msg.from_peer:
-                # Gossipsub signs messages with the publisher's key: a node relaying or
-                # claiming another's heartbeat as its own is refused.
-                self.network.book.penalise(msg.from_peer, BAD_MESSAGE_PENALTY,
-                                           "heartbeat for another node")
-                continue
-            seen = self.heartbeats.get(hb.node_id)
-            if seen is None or hb.seq > seen.heartbeat.seq:
-                self.heartbeats[hb.node_id] = Seen(hb, now_ms())
+            for hb in batch:
+                if hb.node_id == self.node_id:
+                    self._relayed_seq = max(self._relayed_seq, min(hb.seq, self._seq))
+                else:
+                    self._accept(hb)
 
     async def _summary_loop(self) -> None:
         topic = regions_topic(self.chain_id)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import time
+import urllib.request
 
 import pytest
 
@@ -16,6 +18,15 @@ pytestmark = pytest.mark.slow
 # suspicion timeout (4 * log10(5) * 1 s ~ 2.8 s, stretched by Lifeguard); see docs/protocol.md.
 DETECT_BOUND_S = 20
 LEAVE_BOUND_S = 5
+HEARTBEAT_INTERVAL_S = 5  # gossip.heartbeat_interval_s default
+
+
+def metric(member: dict, name: str) -> float:
+    with urllib.request.urlopen(f"{member['http_url']}/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not in {member['name']}'s metrics")
 
 
 def view(member: dict) -> dict | None:
@@ -63,6 +74,22 @@ def test_membership_leaders_failure_detection_and_leave(testnet_factory):
                    and m["last_heartbeat_s"] is not None for m in doc["members"])
 
     wait_for(heartbeats_in, 20, "heartbeats from every member")
+
+    # Heartbeats share gossip messages: the two leaders publish their regions' heartbeats
+    # in batches, so over several intervals the cluster publishes about two messages per
+    # interval, not five (a member publishes its own only while its leader fails it).
+    def batches() -> dict[str, float]:
+        return {m["peer_id"]: metric(m, "dcloud_membership_heartbeat_batches_total")
+                for m in members}
+
+    intervals = 4
+    before = batches()
+    time.sleep(intervals * HEARTBEAT_INTERVAL_S)
+    after = batches()
+    published = {node: after[node] - before[node] for node in after}
+    unbatched = len(members) * intervals  # 20: one message per node per interval
+    assert sum(published.values()) <= len(first) * (intervals + 1) + 2 < unbatched, published
+    assert all(published[node] >= intervals - 1 for node in first.values()), (published, first)
 
     def summaries() -> bool:
         code, regions = http_get(f"{members[2]['http_url']}/regions")
