@@ -46,7 +46,8 @@ class Node(NodeView):
         self.node_id = peer_id_of(node_key)
         self.metrics = NodeMetrics(moniker=config.node.moniker, region=config.node.region,
                                    node_id=self.node_id)
-        self.p2p = P2PNetwork(node_key, config.p2p, self.metrics.p2p)
+        self.p2p = P2PNetwork(node_key, config.p2p, self.metrics.p2p,
+                              peers_file=self.home.data_dir / "peers.json")
         self.info = InfoProtocol(self.p2p, PeerInfoDoc(
             node_id=self.node_id, moniker=config.node.moniker, region=config.node.region,
             version=__version__))

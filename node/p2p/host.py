@@ -14,6 +14,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import multiaddr
@@ -178,7 +179,8 @@ class _ConnectionEvents(INotifee):
 class P2PNetwork:
     """One node's libp2p presence and the interface other services use to talk to peers."""
 
-    def __init__(self, key: Ed25519Key, config: P2PSection, metrics: P2PMetrics) -> None:
+    def __init__(self, key: Ed25519Key, config: P2PSection, metrics: P2PMetrics,
+                 peers_file: Path | None = None) -> None:
         self.config = config
         self.metrics = metrics
         self._key_pair = create_new_key_pair(key.seed)
@@ -186,7 +188,7 @@ class P2PNetwork:
         self._listen = [parse_listen_addr(a) for a in config.listen_addrs]
         self._announce = [parse_listen_addr(a) for a in config.announce_addrs] or \
             _expand_wildcards(self._listen)
-        self.book = PeerBook(self)
+        self.book = PeerBook(self, peers_file)
         self._host: Any = None
         self._pubsub: Any = None
         self._dht: Any = None

@@ -5,6 +5,9 @@
 - While below `target_peers`, the DHT is asked for more peers; their addresses are
   remembered and dialled.
 - A peer we were connected to that goes away (restart, crash) is redialled with backoff.
+- The addresses of peers we were connected to are saved in the home (`peers.json`) and
+  dialled again after a restart, so a node that comes back finds the cluster even when its
+  bootstrap peers are gone (or it has none) and before others redial it.
 - Connected peers are pinged to measure latency.
 - Misbehaving peers lose score; at the ban threshold they are disconnected and not
   redialled (or accepted) for a while.
@@ -12,9 +15,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -35,6 +41,10 @@ DIAL_CONCURRENCY = 8
 # Once the node has its target peers, discovery still runs now and then to keep the
 # routing table fresh.
 IDLE_DISCOVERY_INTERVAL_S = 30.0
+SAVE_INTERVAL_S = 30.0
+MAX_SAVED_PEERS = 256
+MAX_SAVED_ADDRS = 8
+MAX_PEERS_FILE_BYTES = 1 << 20
 
 
 @dataclass
@@ -66,9 +76,11 @@ class PeerSnapshot:
 
 
 class PeerBook:
-    def __init__(self, network: P2PNetwork) -> None:
+    def __init__(self, network: P2PNetwork, peers_file: Path | None = None) -> None:
         self._net = network
         self._cfg = network.config
+        self._peers_file = peers_file
+        self._nursery: trio.Nursery | None = None
         self._records: dict[str, PeerRecord] = {}
         self._dial_limiter = trio.CapacityLimiter(DIAL_CONCURRENCY)
         self._wakeup = trio.Event()
@@ -150,12 +162,76 @@ class PeerBook:
     _nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.start_soon(self._dial_loop)
-            nursery.start_soon(self._discovery_loop)
-            nursery.start_soon(self._ping_loop)
-            task_status.started()
+        self._load_saved()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._dial_loop)
+                nursery.start_soon(self._discovery_loop)
+                nursery.start_soon(self._ping_loop)
+                nursery.start_soon(self._save_loop)
+                task_status.started()
+        finally:
+            self.save()
+
+    # ---- remembered peers ------------------------------------------------------------------
+
+    def _load_saved(self) -> None:
+        """Dial the peers of our last run again (as discovered peers: while below target,
+        forgotten after repeated failures). A bad file is reported and ignored."""
+        path = self._peers_file
+        if path is None or not path.exists():
+            return
+        try:
+            if path.stat().st_size > MAX_PEERS_FILE_BYTES:
+                raise ValueError(f"larger than {MAX_PEERS_FILE_BYTES} bytes")
+            entries = json.loads(path.read_text())
+            if not isinstance(entries, list):
+                raise ValueError("not a list")
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring saved peers in %s: %s", path, exc)
+            return
+        loaded = 0
+        for entry in entries[:MAX_SAVED_PEERS]:
+            try:
+                peer_id, addrs = entry["peer_id"], entry["addrs"]
+                if not isinstance(addrs, list) or not addrs:
+                    raise ValueError("no addresses")
+                for text in addrs[:MAX_SAVED_ADDRS]:
+                    parse_peer_addr(f"{text}/p2p/{peer_id}")
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("ignoring a saved peer in %s: %r", path, exc)
+                continue
+            if peer_id == self._net.peer_id or peer_id in self._records:
+                continue
+            self._net.add_peer_addrs(peer_id, addrs[:MAX_SAVED_ADDRS])
+            self._records[peer_id] = PeerRecord(peer_id)
+            loaded += 1
+        if loaded:
+            log.info("dialling %d peers saved by the last run", loaded)
+
+    def save(self) -> None:
+        """Write the addresses of the peers we have been connected to (atomically)."""
+        path = self._peers_file
+        if path is None:
+            return
+        entries = []
+        for rec in self._records.values():
+            if rec.ever_connected and rec.banned_until == 0.0:
+                addrs = [a.split("/p2p/")[0] for a in self._net.peer_addrs(rec.peer_id)]
+                if addrs:
+                    entries.append({"peer_id": rec.peer_id, "addrs": addrs[:MAX_SAVED_ADDRS]})
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(entries[:MAX_SAVED_PEERS], indent=1))
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("cannot save peers to %s: %s", path, exc)
+
+    async def _save_loop(self) -> None:
+        while True:
+            await trio.sleep(SAVE_INTERVAL_S)
+            self.save()
 
     def _backoff(self, failures: int) -> float:
         """Delay before the next dial after `failures` consecutive failures (0: a lost peer)."""

@@ -195,3 +195,30 @@ def test_log_file_is_json_lines_and_captures_libp2p_records(node_factory):
     assert wait_for(libp2p_records, 15, "libp2p records in the log file")
     records = [json.loads(line) for line in log_file.read_text().splitlines() if line]
     assert all({"ts", "level", "logger", "msg", "node_id"} <= set(r) for r in records)
+
+
+def test_a_restarted_node_dials_the_peers_of_its_last_run(node_factory):
+    a = node_factory("a").start()
+    a_id = a.wait_healthy()["node_id"]
+    a_addr = a.status()["listen_addrs"][0]
+    b = node_factory("b", extra=["--bootstrap", a_addr]).start()
+    b.wait_healthy()
+    wait_for(lambda: a_id in {p["peer_id"] for p in b.status()["peers"]}, 30, "b to reach a")
+    assert b.stop() == 0
+    saved = json.loads((b.home / "data" / "peers.json").read_text())
+    assert [e["peer_id"] for e in saved] == [a_id]
+
+    # Without its bootstrap flag b still finds a again: through the saved peers.
+    b.extra = []
+    b.start().wait_healthy()
+    wait_for(lambda: a_id in {p["peer_id"] for p in b.status()["peers"]}, 30,
+             "b to redial a from its saved peers")
+    assert b.stop() == 0
+
+    # A damaged file is reported and ignored; the node still starts.
+    (b.home / "data" / "peers.json").write_text('[{"peer_id": "x", "addrs": ["/bad"]}, 7')
+    b.start().wait_healthy()
+    assert b.status()["peers"] == []
+    records = [json.loads(line) for line in
+               (b.home / "logs" / "node.log").read_text().splitlines()]
+    assert any("ignoring saved peers" in r["msg"] for r in records)
