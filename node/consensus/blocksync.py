@@ -18,6 +18,8 @@ import trio
 from node.codec import DecodeError, from_cbor, to_cbor
 from node.consensus.types import Block, Commit, InvalidCommit
 from node.consensus.validation import InvalidBlock, check_block
+from node.p2p.breaker import BreakerRegistry
+from node.p2p.breaker import call as breaker_call
 
 if TYPE_CHECKING:
     from node.consensus.driver import ConsensusService
@@ -38,6 +40,7 @@ class BlockSync:
     def __init__(self, service: ConsensusService) -> None:
         self.service = service
         self._wake = trio.Event()
+        self._breakers = BreakerRegistry(failure_threshold=3, cool_down_ms=10_000)
 
     def install(self) -> None:
         self.service.network.set_handler(PROTOCOL, self._serve)
@@ -81,16 +84,21 @@ class BlockSync:
     # ---- fetching ----------------------------------------------------------------------------
 
     async def _ask(self, peer: str, request: list[Any]) -> Any:
-        stream = await self.service.network.open_stream(peer, PROTOCOL)
-        try:
-            with trio.fail_after(REQUEST_TIMEOUT_S):
+        """One request to `peer` through its circuit breaker: a peer that keeps failing
+        (down, hung, or answering garbage) is skipped at once until its cool-down ends."""
+        return await breaker_call(self._breakers, peer, self._request, peer, request)
+
+    async def _request(self, peer: str, request: list[Any]) -> Any:
+        with trio.fail_after(REQUEST_TIMEOUT_S):
+            stream = await self.service.network.open_stream(peer, PROTOCOL)
+            try:
                 await stream.write_frame(to_cbor(request))
                 frame = await stream.read_frame(MAX_RESPONSE_BYTES)
-            if frame is None:
-                raise DecodeError("no answer")
-            return from_cbor(frame, max_bytes=MAX_RESPONSE_BYTES, max_depth=24)
-        finally:
-            await stream.close()
+            finally:
+                await stream.close()
+        if frame is None:
+            raise DecodeError("no answer")
+        return from_cbor(frame, max_bytes=MAX_RESPONSE_BYTES, max_depth=24)
 
     async def _poll_status(self) -> None:
         svc = self.service
