@@ -2,6 +2,10 @@
 
 POST /txs               signed tx as canonical CBOR (Content-Type: application/cbor) or JSON;
                         ?wait=commit waits until the tx is in a committed block
+POST /txs/batch         up to MAX_BATCH_TXS signed txs in one request: a CBOR array of tx byte
+                        strings; each is checked and admitted on its own, in order, and the
+                        answer lists one result per tx (a client with many txs saves the
+                        per-request cost, which dominates at hundreds of tx/s)
 GET  /txs/{hash}        result of a committed tx (or "pending" while in the mempool)
 GET  /blocks/{height}   a block (or /blocks/latest) with its commit
 GET  /accounts/{addr}   balance and nonce of an account (20-byte address in hex)
@@ -17,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from node.api.http import json_error
-from node.codec import DecodeError
+from node.codec import DecodeError, from_cbor
 from node.consensus.types import Block, Commit
 from node.ledger.tx import Transfer
 
@@ -25,6 +29,7 @@ HEX_HASH = re.compile(r"^[0-9a-f]{64}$")
 HEX_ADDRESS = re.compile(r"^[0-9a-f]{40}$")
 WAIT_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.05
+MAX_BATCH_TXS = 1000
 
 
 class ChainApi:
@@ -38,6 +43,7 @@ class ChainApi:
     def routes(self) -> list[web.RouteDef]:
         return [
             web.post("/txs", self.post_tx),
+            web.post("/txs/batch", self.post_batch),
             web.get("/txs/{hash}", self.get_tx),
             web.get("/blocks/{height}", self.get_block),
             web.get("/accounts/{address}", self.get_account),
@@ -71,6 +77,37 @@ class ChainApi:
                 return json_error(504, f"not committed within {WAIT_TIMEOUT_S:.0f} s",
                                   hash=result.tx_hash, code="timeout")
         return web.json_response(doc, status=200 if "height" in doc else 202)
+
+    async def post_batch(self, request: web.Request) -> web.Response:
+        max_tx = self.consensus.params.max_tx_bytes
+        limit = MAX_BATCH_TXS * (max_tx + 8) + 16
+        if request.content_type != "application/cbor":
+            return json_error(415, "a batch is a CBOR array of txs (application/cbor)",
+                              code="bad_encoding")
+        if request.content_length is not None and request.content_length > limit:
+            return json_error(413, f"batch larger than {limit} bytes", code="too_large")
+        body = await request.content.read(limit + 1)
+        if len(body) > limit:
+            return json_error(413, f"batch larger than {limit} bytes", code="too_large")
+        try:
+            txs = from_cbor(body, max_bytes=limit, max_depth=2)
+            if not isinstance(txs, list) or not 0 < len(txs) <= MAX_BATCH_TXS or \
+                    not all(isinstance(tx, bytes) for tx in txs):
+                raise DecodeError(f"a batch is an array of 1-{MAX_BATCH_TXS} byte strings")
+        except DecodeError as exc:
+            return json_error(400, str(exc), code="bad_encoding")
+        results = []
+        accepted = 0
+        for tx in txs:
+            result = self.consensus.submit_tx(tx)
+            if result.ok:
+                accepted += 1
+                results.append({"hash": result.tx_hash, "status": "pending"})
+            else:
+                results.append({"hash": result.tx_hash, "status": "rejected",
+                                "code": result.code, "reason": result.reason})
+        return web.json_response({"accepted": accepted, "rejected": len(txs) - accepted,
+                                  "results": results}, status=202 if accepted else 400)
 
     async def _wait_committed(self, tx_hash: str) -> dict[str, Any] | None:
         loop = asyncio.get_running_loop()

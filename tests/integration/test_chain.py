@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import cbor2
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -50,6 +51,16 @@ def wait_height(members: list[dict], target: int, timeout: float) -> None:
 def post_tx(member: dict, tx: bytes, wait: bool = False) -> tuple[int, dict]:
     url = f"{member['http_url']}/txs" + ("?wait=commit" if wait else "")
     req = urllib.request.Request(url, data=tx, method="POST",
+                                 headers={"Content-Type": "application/cbor"})
+    try:
+        with urllib.request.urlopen(req, timeout=40) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def post_batch(member: dict, body: bytes) -> tuple[int, dict]:
+    req = urllib.request.Request(f"{member['http_url']}/txs/batch", data=body, method="POST",
                                  headers={"Content-Type": "application/cbor"})
     try:
         with urllib.request.urlopen(req, timeout=40) as resp:
@@ -120,8 +131,26 @@ def test_chain_commits_transfers_and_rejects_bad_ones(testnet_factory):
     # A valid one still goes through on any node.
     status, doc = post_tx(members[3], good.encode(), wait=True)
     assert status == 200 and doc["ok"] and doc["height"] > tx_height
-    code, found = http_get(f"{members[0]['http_url']}/txs/{good.hash}")
-    assert code == 200 and found["height"] == doc["height"]
+    # node0 may apply that block a moment after node3 answered.
+    found = wait_for(lambda: http_get(f"{members[0]['http_url']}/txs/{good.hash}")[1]
+                     if height(members[0]) >= doc["height"] else None, 15, "node0 to commit it")
+    assert found["height"] == doc["height"]
+
+    # A batch: each tx admitted or refused on its own, in order (nonces 2, 3, then a gap).
+    batch = [Transfer.signed(sender, chain_id, recipient.address, 1, 0, n).encode()
+             for n in (2, 3, 5)] + [cases["bad_signature"]]
+    status, doc = post_batch(members[2], cbor2.dumps(batch))
+    assert status == 202 and doc["accepted"] == 2 and doc["rejected"] == 2, doc
+    assert [r["status"] for r in doc["results"]] == ["pending", "pending", "rejected",
+                                                     "rejected"]
+    assert [r.get("code") for r in doc["results"][2:]] == ["bad_nonce", "bad_signature"]
+    last = doc["results"][1]["hash"]
+    wait_for(lambda: http_get(f"{members[0]['http_url']}/txs/{last}")[1].get("status")
+             == "committed", 30, "the batch's second tx to commit")
+    for body, want in [(cbor2.dumps([]), 400), (cbor2.dumps([1, 2]), 400),
+                       (b"\xff", 400), (cbor2.dumps([b"x"] * 1001), 400)]:
+        status, doc = post_batch(members[2], body)
+        assert status == want and doc["code"] == "bad_encoding", (status, doc)
     assert_no_fork(members, height(members[0]))
 
 
