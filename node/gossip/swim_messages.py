@@ -350,6 +350,8 @@ def encode(msg: Message) -> bytes:
             body = [v, Kind.PUSH_PULL, msg.reply, _wire_updates(msg.records)]
         case Leave():
             body = [v, Kind.LEAVE, msg.left.to_wire()]
+        case _:  # an update is not a message: it rides in a gossip
+            raise TypeError(f"not a SWIM message: {type(msg).__name__}")
     return pack(body)
 
 

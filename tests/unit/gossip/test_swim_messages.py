@@ -115,6 +115,12 @@ def test_signed_bytes_are_the_documented_canonical_cbor() -> None:
     assert Left("node-a", 5, LEFT_A.signature).signed_bytes() != LEFT_A.signed_bytes()
 
 
+def test_encoding_something_that_is_not_a_message_is_a_type_error() -> None:
+    for update in UPDATES:
+        with pytest.raises(TypeError, match="not a SWIM message"):
+            encode(update)  # type: ignore[arg-type]
+
+
 def test_the_largest_valid_fields_round_trip() -> None:
     alive = Alive("a" * MAX_ID_LEN, MAX_UINT, "r" * MAX_REGION_LEN,
                   tuple("~" * MAX_ADDR_LEN for _ in range(MAX_ADDRS)), MAX_UINT,
