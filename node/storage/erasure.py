@@ -132,16 +132,24 @@ class SegmentCoder:
 
     # ---- verify ---------------------------------------------------------------------------
 
-    def verified(self, shards: Mapping[int, bytes],
-                 shard_hashes: Sequence[bytes]) -> tuple[dict[int, bytes], set[int]]:
-        """Split shards into (those whose sha256 matches the manifest, indexes that did not)."""
+    def verified(self, shards: Mapping[int, bytes], shard_hashes: Sequence[bytes], *,
+                 enough: int | None = None) -> tuple[dict[int, bytes], set[int]]:
+        """Split shards into (those whose sha256 matches the manifest, indexes that did not).
+
+        Shards are checked in index order (data shards first); with `enough`, checking stops
+        once that many are good, so a fetcher that got more than k shards hashes only k.
+        """
         if len(shard_hashes) != self.n:
             raise ErasureError(f"expected {self.n} shard hashes, got {len(shard_hashes)}")
-        good: dict[int, bytes] = {}
-        bad: set[int] = set()
-        for index, shard in shards.items():
+        for index in shards:
             if type(index) is not int or not 0 <= index < self.n:
                 raise ErasureError(f"shard index {index!r} outside [0, {self.n - 1}]")
+        good: dict[int, bytes] = {}
+        bad: set[int] = set()
+        for index in sorted(shards):
+            if enough is not None and len(good) >= enough:
+                break
+            shard = shards[index]
             if sha256(shard) == shard_hashes[index]:
                 good[index] = shard
             else:
@@ -160,7 +168,7 @@ class SegmentCoder:
         `segment_hash`.
         """
         check_segment_size(segment_size)
-        good, bad = self.verified(shards, shard_hashes)
+        good, bad = self.verified(shards, shard_hashes, enough=self.k)
         if len(good) < self.k:
             raise NotEnoughShards(self.k, good, bad)
         # Prefer data shards: with all k of them, liberasurecode only strips headers.

@@ -175,3 +175,18 @@ def test_any_k_valid_shards_decode_property(data: bytes, k: int, m: int, seed: i
     missing = [i for i in range(k + m) if i not in kept]
     assert coder.reconstruct(shards, encoded.shard_hashes, missing) == {
         i: encoded.shards[i] for i in missing}
+
+
+def test_decode_hashes_only_as_many_shards_as_it_needs() -> None:
+    """With all shards at hand, a damaged parity shard beyond the first k is never looked at;
+    verification stops at k good shards, data shards first."""
+    coder = SegmentCoder(4, 2)
+    segment = os.urandom(9_000)
+    encoded = coder.encode(segment)
+    shards = dict(enumerate(encoded.shards))
+    shards[5] = flip(shards[5], 100)
+    good, bad = coder.verified(shards, encoded.shard_hashes, enough=4)
+    assert sorted(good) == [0, 1, 2, 3] and bad == set()
+    assert coder.decode(shards, encoded.shard_hashes, segment_size=len(segment)) == segment
+    _, bad = coder.verified(shards, encoded.shard_hashes)
+    assert bad == {5}
