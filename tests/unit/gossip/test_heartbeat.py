@@ -12,14 +12,17 @@ from hypothesis import strategies as st
 from node.codec import DecodeError, pack, unpack
 from node.crypto import Ed25519Key
 from node.gossip.heartbeat import (
+    MAX_BATCH,
     MAX_HEARTBEAT_BYTES,
     MAX_REGION_MEMBERS,
     MAX_SUMMARY_BYTES,
     RESOURCE_KEYS,
     Heartbeat,
     RegionSummary,
+    decode_batch,
     decode_heartbeat,
     decode_summary,
+    encode_batch,
     encode_heartbeat,
     encode_summary,
 )
@@ -47,7 +50,7 @@ def resign(body: list[Any], kind: str, key: Ed25519Key = KEY_A) -> bytes:
     return pack([kind, body, key.sign(pack([tag, body]))])
 
 
-# ---- heartbeats ---------------------------------------------------------------------------------
+# ---- heartbeats ----------------------------------------------------------------------------------
 
 
 def test_a_heartbeat_round_trips_with_its_resources() -> None:
@@ -187,7 +190,61 @@ def test_any_valid_heartbeat_round_trips(seq: int, time_ms: int, region: str, ve
     assert decode_heartbeat(encode_heartbeat(hb, KEY_B.sign), public_key_of) == hb
 
 
-# ---- region summaries ---------------------------------------------------------------------------
+# ---- batches of heartbeats, relayed by a region's leader -----------------------------------------
+
+HB_B = Heartbeat(ID_B, 9, 1_700_000_000_500, "eu-west", "0.1.0", RESOURCES)
+
+
+def test_a_batch_carries_other_nodes_heartbeats_each_under_its_own_signature() -> None:
+    batch = encode_batch([encode_heartbeat(HB, KEY_A.sign), encode_heartbeat(HB_B, KEY_B.sign)])
+    assert unpack(batch, max_bytes=1 << 16)[0] == "hbs"
+    assert decode_batch(batch, public_key_of) == [HB, HB_B]
+
+
+def test_a_batch_holds_one_to_max_batch_heartbeats() -> None:
+    one = encode_heartbeat(HB, KEY_A.sign)
+    with pytest.raises(ValueError):
+        encode_batch([])
+    with pytest.raises(ValueError):
+        encode_batch([one] * (MAX_BATCH + 1))
+    with pytest.raises(DecodeError):
+        decode_batch(pack(["hbs", []]), public_key_of)
+    with pytest.raises(DecodeError):
+        decode_batch(pack(["hbs", [one] * (MAX_BATCH + 1)]), public_key_of)
+
+
+def test_one_bad_heartbeat_rejects_the_whole_batch() -> None:
+    good = encode_heartbeat(HB, KEY_A.sign)
+    forged = encode_heartbeat(HB_B, KEY_A.sign)  # B's id, A's key
+    with pytest.raises(DecodeError, match="signature"):
+        decode_batch(encode_batch([good, forged]), public_key_of)
+    with pytest.raises(DecodeError):
+        decode_batch(encode_batch([good, b"\xc1"]), public_key_of)
+
+
+def test_a_batch_holds_at_most_one_heartbeat_per_node() -> None:
+    older = Heartbeat(ID_A, 41, HB.time_ms - 5000, "eu-west", "0.1.0", RESOURCES)
+    batch = encode_batch([encode_heartbeat(HB, KEY_A.sign), encode_heartbeat(older, KEY_A.sign)])
+    with pytest.raises(DecodeError, match="two heartbeats"):
+        decode_batch(batch, public_key_of)
+
+
+@pytest.mark.parametrize("data", [
+    b"",
+    pack(None),
+    pack(["hb", [encode_heartbeat(HB, KEY_A.sign)]]),
+    pack(["hbs", encode_heartbeat(HB, KEY_A.sign)]),
+    pack(["hbs", [encode_heartbeat(HB, KEY_A.sign)], 0]),
+    pack(["hbs", [unpack(encode_heartbeat(HB, KEY_A.sign), max_bytes=4096)]]),  # not bytes
+    pack(["hbs", ["text"]]),
+    pack(["hbs", [b"x" * 100]]) + b"\x00" * (MAX_BATCH * (MAX_HEARTBEAT_BYTES + 8)),
+])
+def test_malformed_batches_are_rejected(data: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode_batch(data, public_key_of)
+
+
+# ---- region summaries ----------------------------------------------------------------------------
 
 
 def test_a_region_summary_round_trips() -> None:

@@ -996,7 +996,7 @@ def test_next_tick_ms_says_when_tick_has_something_to_do() -> None:
             assert (n.members(), repr(n.stats), n.take_events()) == (members, stats, [])
         net.now = t
         net.deliver(i, n.tick(t))
-        assert n.next_tick_ms() > t or n.next_tick_ms() <= t and n.tick(t) == []
+        assert n.next_tick_ms() > t  # what was due is done
     assert net.nodes["a"].stats.probes_failed > 0
 
 
