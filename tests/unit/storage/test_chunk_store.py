@@ -329,3 +329,20 @@ def test_a_damaged_copy_of_another_size_is_replaced_by_a_good_put(store: ChunkSt
     assert store.get(chunk_id) == data
     store.gc(now=time.time())  # GC also recounts what a damaged file changed behind our back
     assert store.stat().used_bytes == 1_000 and store.stat().chunks == 1
+
+
+def test_concurrent_puts_from_threads_keep_the_totals_right(store: ChunkStore) -> None:
+    """Services put through worker threads: the same chunk raced by many threads is stored
+    once, and the totals match what is on disk."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    shared = os.urandom(20_000)
+    distinct = [os.urandom(1_000 + i) for i in range(16)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        ids = list(pool.map(store.put, [shared] * 16 + distinct))
+    assert set(ids[:16]) == {chunk_id_of(shared)}
+    assert store.stat().chunks == 17
+    on_disk = sum(p.stat().st_size for p in visible_files(store.root))
+    assert store.stat().used_bytes == on_disk == len(shared) + sum(map(len, distinct))
+    assert store.stat().reserved_bytes == 0
+    assert list((store.root / "tmp").iterdir()) == []
