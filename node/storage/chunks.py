@@ -356,9 +356,10 @@ class ChunkStore:
         fd, st = self._open(chunk_id)
         with os.fdopen(fd, "rb") as f:
             if st.st_size > self.max_chunk_bytes:
-                data = b""  # larger than anything this store accepts: damaged
-            else:
-                data = f.read(st.st_size + 1)
+                # Stored under a larger limit than today's: not read into memory here.
+                raise ChunkTooLarge(f"chunk {chunk_id} is {st.st_size} bytes, over the "
+                                    f"{self.max_chunk_bytes}-byte limit; stream it instead")
+            data = f.read(st.st_size + 1)
         if chunk_id_of(data) != chunk_id:
             self._drop_corrupt(chunk_id, st)
         return data

@@ -346,3 +346,14 @@ def test_concurrent_puts_from_threads_keep_the_totals_right(store: ChunkStore) -
     assert store.stat().used_bytes == on_disk == len(shared) + sum(map(len, distinct))
     assert store.stat().reserved_bytes == 0
     assert list((store.root / "tmp").iterdir()) == []
+
+
+def test_a_chunk_over_a_since_lowered_limit_is_streamed_not_deleted(tmp_path: Path) -> None:
+    data = os.urandom(5_000)
+    with ChunkStore(tmp_path / "c") as s:
+        chunk_id = s.put(data)
+    with ChunkStore(tmp_path / "c", max_chunk_bytes=1_000) as s:
+        with pytest.raises(ChunkTooLarge, match="stream it"):
+            s.get(chunk_id)
+        assert s.has(chunk_id)
+        assert b"".join(s.iter_chunk(chunk_id)) == data
