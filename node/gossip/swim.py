@@ -21,7 +21,11 @@ Failure detection, once per protocol period (`probe_interval_ms`, stretched by l
   `awareness_max_multiplier`; every successful probe lowers the score.
 - Buddy system: a ping to a member we hold suspect says so, and the member refutes at once;
   its ack carries its new incarnation and, first among the piggybacked updates, the
-  refutation.
+  refutation (or, if it refuted that suspicion already, its current alive).
+- Doubts are answered directly: a member we hold suspect, dead or left that talks to us is
+  told so; a member that passes us a suspicion or death of ours gets our latest alive back
+  (each at most once a period per member), so a member that missed every copy of a
+  refutation is repaired before its suspicion times out.
 
 Dissemination: every message piggybacks the pending updates that were sent least often
 (newest first), at most `max_updates_per_message` / `max_piggyback_bytes`; each update is
@@ -30,29 +34,35 @@ the older one. While updates are pending, every `gossip_interval_ms` a gossip ro
 them to `gossip_nodes` random members, including members that died less than
 `gossip_to_the_dead_ms` ago (so a wrongly declared member hears it). Every
 `push_pull_interval_ms` (scaled up with log2 N beyond 32 members, as memberlist) a full state
-exchange with one random alive member repairs divergence; joining is a push_pull with seeds.
+exchange with one random alive member repairs divergence; joining is a push_pull with seeds,
+and two periods after the first answer our alive is gossiped again (a second epidemic: the
+first misses a member now and then). A member that hears from a stranger (a member it never
+heard of) exchanges state with it, at most once a period in all.
 
 Precedence (per member; `i`, `j` incarnations; only the member raises its own):
 | held \\ heard | alive(i) | suspect(i) | dead(i) | left(i) |
 |---|---|---|---|---|
-| alive(j)   | i > j           | i == j: suspect        | i == j: dead  | i >= j: left |
-| suspect(j) | i > j: alive    | i == j: confirmation   | i == j: dead  | i >= j: left |
+| alive(j)   | i > j           | i == j: suspect        | i == j: suspect  | i >= j: left |
+| suspect(j) | i > j: alive    | i == j: confirmation   | i == j: confirm. | i >= j: left |
 | dead(j)    | i > j and newer joined_at: rejoined | - | - | i >= j: left |
 | left(j)    | i > j and newer joined_at: rejoined | - | - | - |
-Suspect and dead at an incarnation other than the one held are ignored (stale, or unknown:
-nobody but the member can know a higher one). Alive and left must carry the subject's
+Suspect and dead are unsigned claims: a dead heard from others (gossip, piggyback or state
+exchange) only makes the member suspect here, as a confirmation from its declarer, and only
+our own suspicion timeout declares a death, so a liar cannot kill a live member. Suspect and
+dead at an incarnation other than the one held are ignored (stale, or unknown: nobody but the
+member can know a higher one). Alive and left must carry the subject's
 signature (`verify(node_id, signed_bytes, signature)`), checked before anything changes; a
 message carrying one bad signature is rejected whole and counted.
 
-About ourselves: suspect(i >= ours) -> refute with alive(i + 1). Dead or left at an
-incarnation of this life (or of a previous process: i >= the incarnation we joined with) ->
-rejoin: alive(i + 1) with a new `joined_at_ms`, so a member that was declared dead comes back
-as the youngest. A member contacted by one it holds dead (or left) tells it so, so the
-rejoin happens even when nobody gossips to it any more. A state exchange that says another
-member is dead only makes it suspect here (memberlist): a stale or partitioned view does not
-kill members that can still refute. After a partition, each side also push_pulls with a
-random member it holds dead every `reconnect_interval_ms` (serf's reconnect), so the halves
-find each other again.
+About ourselves: suspect(i >= ours) -> refute with alive(i + 1). Dead (i >= the incarnation
+we joined with) told directly by its declarer, who holds us dead, or a left at such an
+incarnation (signed by us, so from a previous life) -> rejoin: alive(i + 1) with a new
+`joined_at_ms`, so a member that was declared dead comes back as the youngest. A dead
+relayed by others (i >= ours) is only refuted, keeping our age: a liar cannot make a leader
+the youngest by passing round a claim. A member contacted by one it holds dead (or left)
+tells it so, so the rejoin happens even when nobody gossips to it any more. After a
+partition, each side also push_pulls with a random member it holds dead every
+`reconnect_interval_ms` (serf's reconnect), so the halves find each other again.
 
 Robustness: every message is decoded with limits (swim_messages); each sender gets a token
 bucket (`rate_limit_per_s`, burst `rate_limit_burst`, a push_pull costs `push_pull_cost`);
@@ -465,7 +475,8 @@ class Membership:
         self._probe_order: list[str] = []
         self._probe_pos = 0
         self._relays: dict[int, _Relay] = {}
-        self._noticed: dict[str, int] = {}  # member we told it is dead -> when
+        self._noticed: dict[str, int] = {}  # member we told it is suspect or dead -> when
+        self._answered: dict[str, int] = {}  # member that doubted us, sent our alive -> when
         self._seeds: list[str] = []
         self._joined = True
         self._leaving = False
@@ -477,6 +488,8 @@ class Membership:
         self._next_reconnect_ms = 0
         self._next_join_retry_ms = 0
         self._next_reap_ms = 0
+        self._next_stranger_ms = 0
+        self._reannounce_ms: int | None = None
         self._alive = Alive.signed(sign, self_id, 0, region, self.addrs, joined_at_ms)
         self._members[self_id] = _Member(self._alive, ALIVE, 0, 0)
 
@@ -512,11 +525,15 @@ class Membership:
             return out
         if not self._joined and now_ms >= self._next_join_retry_ms:
             self._push_pull_seeds(now_ms, out)
+        if self._reannounce_ms is not None and now_ms >= self._reannounce_ms:
+            # A second wave of our join: an epidemic misses a member now and then, and the
+            # member that missed it would not hear of us until the next state exchange.
+            self._reannounce_ms = None
+            self._queue.push(self._alive)
         self._tick_probe(now_ms, out)
         self._tick_relays(now_ms, out)
         for node_id in [n for n, s in self._suspicions.items() if now_ms >= s.deadline_ms]:
-            m = self._members[node_id]
-            self._on_dead(Dead(node_id, m.incarnation, self.self_id), now_ms)
+            self._declare_dead(self._members[node_id], now_ms)
         self._gossip_round(now_ms, out)
         if now_ms >= self._next_push_pull_ms:
             self._next_push_pull_ms = now_ms + self._push_pull_interval_ms()
@@ -568,13 +585,12 @@ class Membership:
             self.stats.rejected_updates += forged
             return []
         for u in updates:
-            if isinstance(msg, PushPull) and isinstance(u, Dead) and u.node_id != self.self_id:
-                # Another's view that a member is dead only makes it suspect here.
-                self._on_suspect(Suspect(u.node_id, u.incarnation, from_id), now_ms)
-            else:
-                self._apply(u, now_ms)
+            self._apply(from_id, u, now_ms)
         self._handle(from_id, msg, now_ms, out)
-        self._tell_if_dead(from_id, now_ms, out)
+        if any(isinstance(u, Suspect | Dead) and u.node_id == self.self_id for u in updates):
+            self._answer_doubt(from_id, now_ms, out)
+        self._tell_if_doubted(from_id, now_ms, out)
+        self._meet_stranger(from_id, msg, now_ms, out)
         return out
 
     def leave(self, now_ms: int) -> list[Send]:
@@ -614,6 +630,8 @@ class Membership:
             return self._next_gossip_ms if len(self._queue) else self._now_ms + 60_000
         if not self._joined:
             times.append(self._next_join_retry_ms)
+        if self._reannounce_ms is not None:
+            times.append(self._reannounce_ms)
         if len(self._queue):
             times.append(self._next_gossip_ms)
         p = self._probe
@@ -801,16 +819,45 @@ class Membership:
         self.stats.push_pulls += 1
         self._send_bytes(out, self._rng.choice(dead), self._state_bytes(reply=False))
 
-    def _tell_if_dead(self, from_id: str, now_ms: int, out: list[Send]) -> None:
+    def _tell_if_doubted(self, from_id: str, now_ms: int, out: list[Send]) -> None:
+        """A member we hold suspect, dead or left talks to us: tell it (at most once a
+        period), so it refutes or rejoins, or answers with the refutation we missed."""
         m = self._members.get(from_id)
-        if m is None or m.state not in (DEAD, LEFT):
+        if m is None or m.state == ALIVE:
             return
         last = self._noticed.get(from_id)
         if last is not None and now_ms - last < self.config.probe_interval_ms:
             return
         self._noticed[from_id] = now_ms
-        notice = m.left if m.left is not None else Dead(from_id, m.incarnation, self.self_id)
+        notice: Update
+        if m.state == SUSPECT:
+            notice = Suspect(from_id, m.incarnation, self.self_id)
+        elif m.left is not None:
+            notice = m.left
+        else:
+            notice = Dead(from_id, m.incarnation, self.self_id)
         self._send(out, from_id, Gossip((notice,)))
+
+    def _answer_doubt(self, from_id: str, now_ms: int, out: list[Send]) -> None:
+        """`from_id` passed on a suspicion or death of ours (maybe one we refuted long ago):
+        send it our latest alive directly (at most once a period), so its view is repaired
+        even if it missed every copy of the refutation."""
+        last = self._answered.get(from_id)
+        if self._leaving or last is not None and now_ms - last < self.config.probe_interval_ms:
+            return
+        self._answered[from_id] = now_ms
+        self._send(out, from_id, Gossip((self._alive,)))
+
+    def _meet_stranger(self, from_id: str, msg: Message, now_ms: int,
+                       out: list[Send]) -> None:
+        """A member we never heard of talks to us (we missed every copy of its join):
+        exchange state with it, at most once per probe interval in all (no amplification)."""
+        if from_id in self._members or isinstance(msg, PushPull) \
+                or now_ms < self._next_stranger_ms:
+            return
+        self._next_stranger_ms = now_ms + self.config.probe_interval_ms
+        self.stats.push_pulls += 1
+        self._send_bytes(out, from_id, self._state_bytes(reply=False))
 
     def _reap(self, now_ms: int) -> None:
         c = self.config
@@ -820,9 +867,10 @@ class Membership:
                 del self._members[node_id]
                 self._noticed.pop(node_id, None)
                 self._recent_dead.pop(node_id, None)
-        for node_id, when in list(self._noticed.items()):
-            if now_ms - when > c.probe_interval_ms:
-                del self._noticed[node_id]
+        for sent in (self._noticed, self._answered):
+            for node_id, when in list(sent.items()):
+                if now_ms - when > c.probe_interval_ms:
+                    del sent[node_id]
 
     # ---- messages --------------------------------------------------------------------------
 
@@ -832,6 +880,8 @@ class Membership:
             case Ping():
                 if msg.suspected_inc is not None and msg.suspected_inc >= self._incarnation:
                     self._refute(msg.suspected_inc)  # buddy system: the ack carries it
+                elif msg.suspected_inc is not None:
+                    self._queue.push(self._alive)  # refuted already: the prober missed it
                 self._send(out, from_id, Ack(msg.seq, self._incarnation, self._piggyback()))
             case Ack():
                 if p is not None and p.seq == msg.seq and p.target == from_id:
@@ -852,8 +902,9 @@ class Membership:
             case PingReq():
                 self._serve_ping_req(from_id, msg, now_ms, out)
             case PushPull():
-                if msg.reply:
+                if msg.reply and not self._joined:
                     self._joined = True
+                    self._reannounce_ms = now_ms + 2 * self.config.probe_interval_ms
                 else:
                     self._send_bytes(out, from_id, self._state_bytes(reply=True))
             case Gossip() | Leave():
@@ -904,14 +955,19 @@ class Membership:
         m = self._members.get(left.node_id)
         return m is not None and m.state != LEFT and left.incarnation >= m.incarnation
 
-    def _apply(self, u: Update, now_ms: int) -> None:
+    def _apply(self, from_id: str, u: Update, now_ms: int) -> None:
         match u:
             case Alive():
                 self._on_alive(u, now_ms)
             case Suspect():
                 self._on_suspect(u, now_ms)
+            case Dead() if u.node_id == self.self_id:
+                self._on_dead_about_self(from_id, u, now_ms)
             case Dead():
-                self._on_dead(u, now_ms)
+                # Another's claim that a member is dead only makes it suspect here (the
+                # claim is unsigned: a liar must not kill), and counts as a confirmation;
+                # our own suspicion timeout declares the death.
+                self._on_suspect(Suspect(u.node_id, u.incarnation, u.from_id), now_ms)
             case Left():
                 self._on_left(u, now_ms)
 
@@ -979,19 +1035,14 @@ class Membership:
         k = c.suspicion_mult - 2 if n - 2 >= c.suspicion_mult - 2 else 0
         return _Suspicion(from_id, now_ms, min_ms, c.suspicion_max_mult * min_ms, k)
 
-    def _on_dead(self, d: Dead, now_ms: int) -> None:
-        if d.node_id == self.self_id:
-            if not self._leaving and d.incarnation >= self._joined_inc:
-                self._rejoin(d.incarnation, now_ms)
-            return
-        m = self._members.get(d.node_id)
-        if m is None or d.incarnation != m.incarnation or m.state in (DEAD, LEFT):
-            return
+    def _declare_dead(self, m: _Member, now_ms: int) -> None:
+        """Our suspicion of `m` timed out unrefuted."""
+        node_id = m.alive.node_id
         self._bury(m, DEAD, now_ms)
-        m.accuser = d.from_id
+        m.accuser = self.self_id
         self.stats.deaths += 1
-        self._events.append(MemberDead(d.node_id, now_ms, d.incarnation))
-        self._queue.push(d)
+        self._events.append(MemberDead(node_id, now_ms, m.incarnation))
+        self._queue.push(Dead(node_id, m.incarnation, self.self_id))
 
     def _on_left(self, left: Left, now_ms: int) -> None:
         if not self._left_is_news(left):
@@ -1021,6 +1072,17 @@ class Membership:
         me = self._members[self.self_id]
         me.alive, me.incarnation = self._alive, self._incarnation
         self._queue.push(self._alive)
+
+    def _on_dead_about_self(self, from_id: str, d: Dead, now_ms: int) -> None:
+        """Told directly by a member that holds us dead (`from_id` declared it): only a
+        rejoin brings us back into its view. A death relayed by others is only a claim:
+        refute it, keeping our age (a liar must not make a leader the youngest)."""
+        if self._leaving or d.incarnation < self._joined_inc:
+            return
+        if d.from_id == from_id:
+            self._rejoin(d.incarnation, now_ms)
+        elif d.incarnation >= self._incarnation:
+            self._refute(d.incarnation)
 
     def _refute(self, incarnation: int) -> None:
         """Someone suspects us at `incarnation`: announce alive at a higher one."""
