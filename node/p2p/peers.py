@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +60,9 @@ class PeerRecord:
     score: int = 0
     banned_until: float = 0.0
     in_routing_table: bool = False
+    # Where it was last reachable, kept here because libp2p's peer store may drop a
+    # disconnected peer's addresses (or be gone at shutdown) before we save them.
+    addrs: list[str] = field(default_factory=list)
 
     @property
     def is_bootstrap(self) -> bool:
@@ -114,6 +117,7 @@ class PeerBook:
         rec = self._record(peer_id)
         if self._net.is_connected(peer_id):
             return  # another connection to the same peer is still up
+        self._known_addrs(rec)
         if rec.connected:
             log.info("peer disconnected", extra={"peer": peer_id})
         rec.connected = False
@@ -218,7 +222,7 @@ class PeerBook:
         entries = []
         for rec in self._records.values():
             if rec.ever_connected and rec.banned_until == 0.0:
-                addrs = [a.split("/p2p/")[0] for a in self._net.peer_addrs(rec.peer_id)]
+                addrs = self._known_addrs(rec)
                 if addrs:
                     entries.append({"peer_id": rec.peer_id, "addrs": addrs[:MAX_SAVED_ADDRS]})
         tmp = path.with_suffix(".tmp")
@@ -227,6 +231,13 @@ class PeerBook:
             os.replace(tmp, path)
         except OSError as exc:
             log.warning("cannot save peers to %s: %s", path, exc)
+
+    def _known_addrs(self, rec: PeerRecord) -> list[str]:
+        """The peer's addresses (without /p2p/): the peer store's, else the last ones seen."""
+        addrs = [a.split("/p2p/")[0] for a in self._net.peer_addrs(rec.peer_id)]
+        if addrs:
+            rec.addrs = addrs[:MAX_SAVED_ADDRS]
+        return rec.addrs
 
     async def _save_loop(self) -> None:
         while True:
@@ -324,6 +335,7 @@ class PeerBook:
 
     async def _ping_one(self, peer_id: str) -> None:
         rec = self._record(peer_id)
+        self._known_addrs(rec)
         try:
             with trio.fail_after(PING_TIMEOUT_S):
                 rec.latency_ms = round(await self._net.ping(peer_id), 3)
