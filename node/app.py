@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -31,7 +33,7 @@ from node.runtime.resources import ResourceMonitor
 
 log = logging.getLogger("dcloud.node")
 
-SHUTDOWN_GRACE_S = 4.0
+SHUTDOWN_GRACE_S = 4.0  # from the signal to the process's exit, at most
 
 
 class Node(NodeView):
@@ -75,6 +77,9 @@ class Node(NodeView):
             metrics=self.metrics.consensus)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        if self.config.api.enabled:
+            # The API starts last; a port it cannot have must fail before anything starts.
+            self.api.check_port_free()
         async with trio.open_nursery() as nursery:
             # Dependency order: the network first, then what uses it, the API last.
             await nursery.start(self.p2p.run)
@@ -168,6 +173,20 @@ def load_node_key(home: Home) -> Ed25519Key:
     return read_key_file(home.node_key_file)
 
 
+def _exit_if_still_running_after(seconds: float) -> None:
+    """A shutdown that hangs (a peer that never closes a stream, a stuck library task) must
+    not keep the process alive: after `seconds`, exit at once. The home's lock is an flock,
+    which the kernel releases with the process, and everything acknowledged is on disk."""
+
+    def watchdog() -> None:
+        time.sleep(seconds)
+        log.error("shutdown took longer than %.0f s; exiting now", seconds)
+        logging.shutdown()
+        os._exit(1)
+
+    threading.Thread(target=watchdog, name="shutdown-watchdog", daemon=True).start()
+
+
 async def run_until_signalled(node: Node) -> None:
     """Run `node` until SIGINT/SIGTERM, then shut down within a few seconds."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -177,7 +196,8 @@ async def run_until_signalled(node: Node) -> None:
             async def wait_signal() -> None:
                 async for signum in signals:
                     log.info("received %s, shutting down", signal.Signals(signum).name)
-                    await node.before_shutdown()
+                    _exit_if_still_running_after(SHUTDOWN_GRACE_S)
+                    await node.before_shutdown()  # bounded: membership's leave grace
                     nursery.cancel_scope.cancel()
                     return
 

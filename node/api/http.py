@@ -18,6 +18,7 @@ from aiohttp import web
 
 from node.config import ApiSection, split_host_port
 from node.metrics import NodeMetrics
+from node.p2p import probe_tcp_listen
 
 log = logging.getLogger("dcloud.api")
 
@@ -106,6 +107,16 @@ class HttpApi:
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.exposition(),
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    def check_port_free(self) -> None:
+        """Raise ApiStartError now, before any service starts, if the API cannot listen."""
+        host, port = split_host_port(self.config.listen)
+        try:
+            probe_tcp_listen(host, port)
+        except OSError as exc:
+            raise ApiStartError(
+                f"cannot listen on {host}:{port} for the HTTP API: {exc.strerror or exc}"
+            ) from exc
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         host, port = split_host_port(self.config.listen)

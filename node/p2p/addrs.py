@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 
 import multiaddr
@@ -21,6 +22,21 @@ class PeerAddr:
 
     def to_peer_info(self) -> PeerInfo:
         return info_from_p2p_addr(multiaddr.Multiaddr(self.addr))
+
+
+def probe_tcp_listen(ip: str, port: int) -> None:
+    """Bind (ip, port) once and let go: raises OSError if it cannot be listened on.
+
+    libp2p's listener sets SO_REUSEPORT, so a second node could silently share a port, and
+    a listener that fails after others have started leaves a half-started node; this probe
+    binds without SO_REUSEPORT, before anything starts.
+    """
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((ip, port))
 
 
 def parse_listen_addr(text: str) -> multiaddr.Multiaddr:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from libp2p.transport.tcp.tcp import TCP
 from node.config import P2PSection
 from node.crypto import Ed25519Key
 from node.metrics import P2PMetrics
-from node.p2p.addrs import PeerAddr, parse_listen_addr
+from node.p2p.addrs import PeerAddr, parse_listen_addr, probe_tcp_listen
 from node.p2p.peers import PeerBook
 from node.p2p.stream import Stream
 
@@ -89,22 +88,12 @@ def _expand_wildcards(listen: list[multiaddr.Multiaddr]) -> list[multiaddr.Multi
 
 
 def _check_port_free(addr: multiaddr.Multiaddr) -> None:
-    """Fail early and clearly if a TCP listen address is taken.
-
-    libp2p's listener sets SO_REUSEPORT, so a second node could silently share a port;
-    this probe binds without it.
-    """
-    family = socket.AF_INET6 if addr.protocols()[0].name == "ip6" else socket.AF_INET
+    """Fail early and clearly if a TCP listen address is taken (see probe_tcp_listen)."""
     ip = addr.value_for_protocol(addr.protocols()[0].code)
-    port = int(addr.value_for_protocol("tcp"))
-    if port == 0:
-        return
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((ip, port))
-        except OSError as exc:
-            raise P2PStartError(f"cannot listen on {addr}: {exc.strerror or exc}") from exc
+    try:
+        probe_tcp_listen(ip, int(addr.value_for_protocol("tcp")))
+    except OSError as exc:
+        raise P2PStartError(f"cannot listen on {addr}: {exc.strerror or exc}") from exc
 
 
 def peer_id_of(key: Ed25519Key) -> str:
