@@ -9,6 +9,7 @@ another chain, height, round or message kind.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -82,6 +83,9 @@ class ValidatorSet:
 
     validators: tuple[Validator, ...]
     _by_address: dict[bytes, Validator] = field(init=False, repr=False, compare=False)
+    _reduced: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _cycle: int = field(init=False, repr=False, compare=False)
+    _proposers: dict[int, Validator] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         ordered = tuple(sorted(self.validators, key=lambda v: v.address))
@@ -91,6 +95,10 @@ class ValidatorSet:
             raise ValueError("a validator set needs at least one validator")
         if len(self._by_address) != len(ordered):
             raise ValueError("duplicate validator")
+        divisor = math.gcd(*(v.power for v in ordered))
+        object.__setattr__(self, "_reduced", tuple(v.power // divisor for v in ordered))
+        object.__setattr__(self, "_cycle", sum(self._reduced))
+        object.__setattr__(self, "_proposers", {})
 
     @property
     def total_power(self) -> int:
@@ -114,17 +122,43 @@ class ValidatorSet:
         return v.power if v else 0
 
     def proposer(self, height: int, round_: int) -> Validator:
-        """Weighted round robin: slot (height + round) mod total power, in address order.
+        """Weighted round robin, interleaved: slot (height + round) mod total power.
 
-        Every node computes the same proposer from the set alone; a validator with k times
-        the power proposes k times as often.
+        Every node computes the same proposer from the set alone. A validator with power p
+        holds p slots of every cycle of `total_power` slots, spread evenly over the cycle
+        (Sainte-Lague order: with powers reduced by their gcd to p_i, validator i's j-th
+        slot falls at time (2j + 1) / (2 p_i) of the cycle; equal times go in address
+        order). So equal powers take turns one height each, and a validator that is down
+        costs one failed round in every n heights, not a run of p of them.
         """
-        slot = (height + round_) % self.total_power
-        for v in self.validators:
-            if slot < v.power:
-                return v
-            slot -= v.power
-        raise AssertionError("unreachable")  # pragma: no cover
+        slot = (height + round_) % self._cycle  # the cycle of the gcd-reduced powers
+        cached = self._proposers.get(slot)
+        if cached is None:
+            cached = self._proposers[slot] = self._slot_owner(slot)
+            if len(self._proposers) > 4096:
+                self._proposers.clear()
+                self._proposers[slot] = cached
+        return cached
+
+    def _slot_owner(self, slot: int) -> Validator:
+        # Times scaled by 2L (L = lcm of the reduced powers) are integers: validator i's
+        # j-th slot is at (2j + 1) * L / p_i. count(x) = slots at times <= x.
+        powers = self._reduced
+        lcm = math.lcm(*powers)
+
+        def count(x: int) -> int:
+            return sum((x * p // lcm + 1) // 2 for p in powers)
+
+        lo, hi = 0, 2 * lcm - 1  # smallest x with count(x) > slot
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if count(mid) > slot:
+                hi = mid
+            else:
+                lo = mid + 1
+        tied = [v for v, p in zip(self.validators, powers, strict=True)
+                if lo * p % lcm == 0 and (lo * p // lcm) % 2 == 1]
+        return tied[slot - count(lo - 1)]
 
     def hash(self) -> bytes:
         return sha256(to_cbor([v.to_list() for v in self.validators]))
