@@ -69,7 +69,8 @@ class Node(NodeView):
         data = self.home.data_dir
         ledger = LedgerApp.open(data, genesis.chain_id,
                                 [(a.address, a.balance) for a in genesis.accounts],
-                                LedgerParams(max_tx_bytes=genesis.params.max_tx_bytes))
+                                LedgerParams(max_tx_bytes=genesis.params.max_tx_bytes,
+                                             min_fee=genesis.params.min_fee))
         return ConsensusService(
             genesis=genesis, validator_key=read_key_file(self.home.validator_key_file),
             network=self.p2p, app=ledger, mempool=Mempool(ledger),

@@ -117,11 +117,16 @@ class Home:
 
 
 def dev_genesis(moniker: str, validator: Ed25519Key, account: Ed25519Key) -> Any:
-    """A one-validator chain for a dev node: it validates alone and its account is funded."""
+    """A one-validator chain for a dev node: it validates alone and its account is funded.
+
+    Its chain id names its validator (`dcloud-dev-<first 8 hex of its address>`): two dev
+    nodes that meet run two chains, and a shared id would put both on one consensus topic,
+    where each would take the other's votes for a non-validator's and ban it.
+    """
     from node.consensus.genesis import Genesis, GenesisAccount, GenesisValidator
 
     return Genesis(
-        chain_id="dcloud-dev",
+        chain_id=f"dcloud-dev-{validator.address[:8]}",
         genesis_time_ms=int(time.time() * 1000),
         validators=(GenesisValidator(moniker, validator.public_key, 10),),
         accounts=(GenesisAccount(bytes.fromhex(account.address), DEV_BALANCE),),

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from node.codec import to_cbor
+from node.consensus.messages import MAX_BLOCK_TXS_BYTES, MAX_CONSENSUS_MESSAGE_BYTES
 from node.consensus.types import Validator, ValidatorSet, sha256
 
 MAX_GENESIS_BYTES = 16 * 1024 * 1024
@@ -21,7 +22,7 @@ class GenesisError(Exception):
 
 @dataclass(frozen=True)
 class ConsensusParams:
-    max_block_bytes: int = 4 * 1024 * 1024
+    max_block_bytes: int = 768 * 1024  # of txs; at most messages.MAX_BLOCK_TXS_BYTES
     max_block_txs: int = 10_000
     max_tx_bytes: int = 16 * 1024
     timeout_propose_ms: int = 1000
@@ -103,6 +104,10 @@ class Genesis:
             raise GenesisError(f"malformed genesis: {exc!r}") from exc
         if not validators:
             raise GenesisError("genesis has no validators")
+        if not 0 < params.max_block_bytes <= MAX_BLOCK_TXS_BYTES:
+            raise GenesisError(f"max_block_bytes {params.max_block_bytes} must be between 1 and "
+                               f"{MAX_BLOCK_TXS_BYTES}: a proposal carries its block in one "
+                               f"gossip message of at most {MAX_CONSENSUS_MESSAGE_BYTES} bytes")
         if len({a.address for a in accounts}) != len(accounts):
             raise GenesisError("genesis lists an account twice")
         try:

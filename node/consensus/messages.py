@@ -15,6 +15,10 @@ from node.consensus.types import DuplicateVoteEvidence, Proposal, Vote
 
 # Gossipsub in py-libp2p caps one RPC at 1 MiB; a proposal carries its whole block.
 MAX_CONSENSUS_MESSAGE_BYTES = 1_000_000
+# What a proposal leaves for its block's txs: header, last commit (~120 B per validator) and
+# up to 10 pieces of evidence fit in the rest. Genesis refuses a larger max_block_bytes, which
+# would let a proposer reap a block that no peer accepts from gossip.
+MAX_BLOCK_TXS_BYTES = MAX_CONSENSUS_MESSAGE_BYTES - 128 * 1024
 MAX_TX_BATCH_BYTES = 1_000_000
 MAX_TXS_PER_BATCH = 5_000
 

@@ -56,6 +56,7 @@ class LedgerParams:
     """Consensus parameters of the ledger: every validator must use the same values."""
 
     max_tx_bytes: int = DEFAULT_MAX_TX_BYTES
+    min_fee: int = 0  # genesis consensus param: a transfer paying less is refused
     # Local, not consensus: how many tx hashes whose signature check_tx verified are kept so
     # deliver_tx need not verify them again (pure function of the bytes, so still deterministic).
     verified_cache_size: int = 65_536
@@ -225,7 +226,8 @@ class LedgerApp:
             self._remember_verified(digest)
         sender = self._state.get(tx.sender_address) or Account(0, 0)
         try:
-            check_transfer(tx, self.chain_id, sender, signature_checked=True, exact_nonce=False)
+            check_transfer(tx, self.chain_id, sender, signature_checked=True, exact_nonce=False,
+                           min_fee=self.params.min_fee)
         except TxRejected as rej:
             return result(False, rej.code, rej.reason)
         return result(True, OK, "")
@@ -256,7 +258,8 @@ class LedgerApp:
                               f"{self._state.app_hash().hex()}")
         if not isinstance(header.proposer, bytes) or len(header.proposer) != ADDRESS_BYTES:
             raise LedgerError(f"block proposer must be a {ADDRESS_BYTES}-byte address")
-        self._block = BlockChanges(self._state, self.chain_id, header.proposer)
+        self._block = BlockChanges(self._state, self.chain_id, header.proposer,
+                                   self.params.min_fee)
         self._block_height = header.height
         self._block_ended = False
         self._results = {}

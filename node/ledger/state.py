@@ -45,6 +45,7 @@ BAD_NONCE = "bad_nonce"
 INSUFFICIENT_FUNDS = "insufficient_funds"
 TOO_LARGE = "too_large"
 BAD_AMOUNT = "bad_amount"
+FEE_TOO_LOW = "fee_too_low"
 
 
 class GenesisError(ValueError):
@@ -163,10 +164,12 @@ def _encode_account(address: bytes, acc: Account) -> bytes:
 class BlockChanges:
     """The accounts a block has written so far, over the committed state."""
 
-    def __init__(self, base: LedgerState, chain_id: str, proposer: bytes) -> None:
+    def __init__(self, base: LedgerState, chain_id: str, proposer: bytes,
+                 min_fee: int = 0) -> None:
         self._base = base
         self.chain_id = chain_id
         self.proposer = proposer
+        self.min_fee = min_fee
         self.changes: dict[bytes, Account] = {}
 
     def get(self, address: bytes) -> Account:
@@ -182,7 +185,7 @@ class BlockChanges:
         for these exact bytes (validity of a signature is a pure function of the bytes).
         """
         check_transfer(tx, self.chain_id, self.get(tx.sender_address),
-                       signature_checked=signature_checked)
+                       signature_checked=signature_checked, min_fee=self.min_fee)
         sender = tx.sender_address
         acc = self.get(sender)
         self.changes[sender] = Account(acc.balance - tx.spend, acc.nonce + 1)
@@ -195,7 +198,8 @@ class BlockChanges:
 
 
 def check_transfer(tx: Transfer, chain_id: str, sender: Account, *,
-                   signature_checked: bool = False, exact_nonce: bool = True) -> None:
+                   signature_checked: bool = False, exact_nonce: bool = True,
+                   min_fee: int = 0) -> None:
     """Raise TxRejected unless `tx` applies to a sender account in state `sender`.
 
     `exact_nonce=False` is the mempool's view: a nonce ahead of the account may wait behind the
@@ -206,6 +210,8 @@ def check_transfer(tx: Transfer, chain_id: str, sender: Account, *,
                                       f"this is {chain_id!r}")
     if not signature_checked and not tx.verify_signature():
         raise TxRejected(BAD_SIGNATURE, "signature does not verify for the sender key")
+    if tx.fee < min_fee:
+        raise TxRejected(FEE_TOO_LOW, f"fee {tx.fee} is below the chain's minimum {min_fee}")
     if tx.nonce < sender.nonce or (exact_nonce and tx.nonce != sender.nonce):
         raise TxRejected(BAD_NONCE, f"nonce {tx.nonce}, account expects {sender.nonce}")
     if sender.balance < tx.spend:

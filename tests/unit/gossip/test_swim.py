@@ -577,7 +577,8 @@ def heard_update(heard: Heard) -> Update:
 
 # held state x heard update -> state held afterwards (held at incarnation 1)
 PRECEDENCE: list[tuple[str, Heard, tuple[str, int]]] = [
-    # alive(j): alive(i > j); suspect and dead only at i == j; left(i >= j)
+    # alive(j): alive(i > j); suspect and dead only at i == j, and a death heard from others
+    # only makes the member suspect (only our own suspicion timeout kills); left(i >= j)
     ("alive", ("alive", 0, JOINED), ("alive", 1)),
     ("alive", ("alive", 1, NEWER), ("alive", 1)),
     ("alive", ("alive", 2, JOINED), ("alive", 2)),
@@ -585,19 +586,19 @@ PRECEDENCE: list[tuple[str, Heard, tuple[str, int]]] = [
     ("alive", ("suspect", 1, 0), ("suspect", 1)),
     ("alive", ("suspect", 2, 0), ("alive", 1)),
     ("alive", ("dead", 0, 0), ("alive", 1)),
-    ("alive", ("dead", 1, 0), ("dead", 1)),
+    ("alive", ("dead", 1, 0), ("suspect", 1)),
     ("alive", ("dead", 2, 0), ("alive", 1)),
     ("alive", ("left", 0, 0), ("alive", 1)),
     ("alive", ("left", 1, 0), ("left", 1)),
     ("alive", ("left", 2, 0), ("left", 2)),
-    # suspect(j): alive(i > j) refutes; suspect(j) confirms; dead(j); left(i >= j)
+    # suspect(j): alive(i > j) refutes; suspect(j) and dead(j) confirm; left(i >= j)
     ("suspect", ("alive", 1, NEWER), ("suspect", 1)),
     ("suspect", ("alive", 2, JOINED), ("alive", 2)),
     ("suspect", ("suspect", 0, 0), ("suspect", 1)),
     ("suspect", ("suspect", 1, 0), ("suspect", 1)),
     ("suspect", ("suspect", 2, 0), ("suspect", 1)),
     ("suspect", ("dead", 0, 0), ("suspect", 1)),
-    ("suspect", ("dead", 1, 0), ("dead", 1)),
+    ("suspect", ("dead", 1, 0), ("suspect", 1)),
     ("suspect", ("dead", 2, 0), ("suspect", 1)),
     ("suspect", ("left", 0, 0), ("suspect", 1)),
     ("suspect", ("left", 1, 0), ("left", 1)),

@@ -210,6 +210,17 @@ def test_oversized_tx_in_a_block_fails(tmp_path: Path) -> None:
     assert [r.code for r in run_block(app, [send(0, BOB, 10)])] == ["too_large"]
 
 
+def test_a_fee_below_the_chains_minimum_is_refused_at_check_tx_and_in_a_block(
+        tmp_path: Path) -> None:
+    app = LedgerApp.open(tmp_path, CHAIN, GENESIS, LedgerParams(min_fee=5))
+    cheap, paid = send(0, BOB, 10, fee=4), send(0, BOB, 10, fee=5)
+    result = app.check_tx(cheap)
+    assert (result.ok, result.code) == (False, "fee_too_low") and "minimum 5" in result.reason
+    assert app.check_tx(paid).ok
+    assert [r.code for r in run_block(app, [cheap, paid])] == ["fee_too_low", "ok"]
+    assert app.account(ALICE) == Account(1000 - 15, 1)
+
+
 def test_a_bad_signature_is_caught_in_the_block_even_after_check_tx(app: LedgerApp) -> None:
     forged = flip_last_bit(send(0, BOB, 10))
     assert app.check_tx(forged).code == "bad_signature"
