@@ -124,7 +124,6 @@ class ConsensusService:
         self._future: dict[int, list[_Incoming]] = {}
         self._future_count = 0
         self._pending_evidence: dict[bytes, DuplicateVoteEvidence] = {}
-        self._committed_evidence: set[bytes] = set()
         self._own_messages: list[messages.ConsensusMessage] = []  # current height, to resend
         self._seen_proposals: set[tuple[int, int, bytes]] = set()  # current height
         self.peer_heights: dict[str, int] = {}
@@ -153,12 +152,12 @@ class ConsensusService:
             app_height += 1
         if height == 0:
             return ChainTip(self.chain_id, 0, None, self.genesis.genesis_time_ms, app_hash,
-                            self.validators)
+                            self.validators, self.store.has_evidence)
         stored = self.store.get(height)
         assert stored is not None
         self.last_commit = stored.commit
         return ChainTip(self.chain_id, height, stored.block.id, stored.block.header.time_ms,
-                        app_hash, self.validators)
+                        app_hash, self.validators, self.store.has_evidence)
 
     def _apply_to_app(self, block: Block) -> bytes:
         self.app.begin_block(block.header)
@@ -293,11 +292,13 @@ class ConsensusService:
             self._add_evidence(msg.evidence, item.from_peer)
             return
         height = msg.proposal.height if isinstance(msg, messages.ProposalMsg) else msg.vote.height
-        self._note_height(item.from_peer, height)
         if not self._signature_ok(msg):
             self.network.book.penalise(item.from_peer, BAD_MESSAGE_PENALTY,
                                        "consensus message with a bad signature or signer")
             return
+        # Only a validator's signature makes a height worth syncing towards: an unsigned
+        # claim of a huge height would keep us catching up forever.
+        self._note_height(item.from_peer, height)
         if height < self.height:
             return
         if height > self.height or self.core.height < height:
@@ -436,7 +437,7 @@ class ConsensusService:
 
     def _add_evidence(self, evidence: DuplicateVoteEvidence, from_peer: str | None) -> None:
         key = evidence.hash()
-        if key in self._pending_evidence or key in self._committed_evidence:
+        if key in self._pending_evidence or self.store.has_evidence(key):
             return
         try:
             evidence.check(self.chain_id, self.validators)
@@ -459,12 +460,11 @@ class ConsensusService:
         self.store.save_block(block, commit)
         app_hash = self._apply_to_app(block)
         self.mempool.update(height, list(block.txs))
-        for ev in block.evidence:
-            self._committed_evidence.add(ev.hash())
+        for ev in block.evidence:  # now in the store: never proposed again
             self._pending_evidence.pop(ev.hash(), None)
         interval = (block.header.time_ms - self.tip.last_block_time_ms) / 1000
         self.tip = ChainTip(self.chain_id, height, block.id, block.header.time_ms, app_hash,
-                            self.validators)
+                            self.validators, self.store.has_evidence)
         self.last_commit = commit
         self._record_metrics(block, commit, round_, interval, synced)
         log.info("committed block", extra={"height": height, "txs": len(block.txs),

@@ -42,6 +42,8 @@ class BlockStore:
                 height INTEGER NOT NULL, round INTEGER NOT NULL, type INTEGER NOT NULL,
                 block_id BLOB, signature BLOB NOT NULL, vote BLOB NOT NULL,
                 PRIMARY KEY (height, round, type));
+            CREATE TABLE IF NOT EXISTS evidence (
+                hash BLOB PRIMARY KEY, height INTEGER NOT NULL);
         """)
 
     def close(self) -> None:
@@ -54,11 +56,21 @@ class BlockStore:
         return int(row[0] or 0)
 
     def save_block(self, block: Block, commit: Commit) -> None:
-        """Persist a decided block with the commit that proves it (one transaction)."""
-        self._db.execute(
-            "INSERT OR IGNORE INTO blocks VALUES (?, ?, ?, ?, ?, ?)",
-            (block.height, block.id, block.header.time_ms, len(block.txs), block.to_cbor(),
-             to_cbor(commit.to_list())))
+        """Persist a decided block with the commit that proves it, and the hashes of the
+        evidence it carries (one transaction)."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT OR IGNORE INTO blocks VALUES (?, ?, ?, ?, ?, ?)",
+                (block.height, block.id, block.header.time_ms, len(block.txs), block.to_cbor(),
+                 to_cbor(commit.to_list())))
+            self._db.executemany("INSERT OR IGNORE INTO evidence VALUES (?, ?)",
+                                 [(ev.hash(), block.height) for ev in block.evidence])
+
+    def has_evidence(self, evidence_hash: bytes) -> bool:
+        """Was this evidence committed in a block already (it may be included only once)?"""
+        return self._db.execute("SELECT 1 FROM evidence WHERE hash = ?",
+                                (evidence_hash,)).fetchone() is not None
 
     def get(self, height: int) -> StoredBlock | None:
         row = self._db.execute("SELECT block, commit_ FROM blocks WHERE height = ?",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from node.codec import DecodeError
 from node.consensus.genesis import ConsensusParams
@@ -26,6 +27,9 @@ class ChainTip:
     last_block_time_ms: int
     app_hash: bytes
     validators: ValidatorSet
+    # Evidence hash -> was it committed in an earlier block (the block store's record).
+    committed_evidence: Callable[[bytes], bool] = field(default=lambda _hash: False,
+                                                        compare=False)
 
 
 def check_block(block: Block, tip: ChainTip, params: ConsensusParams, now_ms: int) -> None:
@@ -59,11 +63,17 @@ def check_block(block: Block, tip: ChainTip, params: ConsensusParams, now_ms: in
             block.last_commit.verify(tip.chain_id, tip.validators)
         except InvalidCommit as exc:
             raise InvalidBlock(f"last commit: {exc}") from exc
+    seen: set[bytes] = set()
     for evidence in block.evidence:
         try:
             evidence.check(tip.chain_id, tip.validators)
         except DecodeError as exc:
             raise InvalidBlock(f"evidence: {exc}") from exc
+        key = evidence.hash()
+        if key in seen or tip.committed_evidence(key):
+            raise InvalidBlock(f"evidence {key.hex()[:16]} is already in this or an earlier "
+                               "block")
+        seen.add(key)
 
 
 def check_proposal(proposal: Proposal, tip: ChainTip, params: ConsensusParams,
