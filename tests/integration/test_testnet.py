@@ -80,3 +80,20 @@ def test_four_node_testnet_mesh_discovery_restart_and_down(testnet_factory):
     for pid in pids:
         assert not pid_alive(pid), f"pid {pid} survived testnet down"
     assert all(m["pid"] is None for m in net.members())
+
+
+def test_a_testnet_not_ready_in_time_fails_clearly_and_down_kills_after_the_grace(
+        testnet_factory):
+    net = testnet_factory(2)
+    # Nobody starts, joins and sees its peer within a tenth of a second.
+    proc = cli("testnet", "up", "--nodes", "2", "--dir", str(net.directory), "--base-port",
+               str(net.base_port), "--timeout", "0.1", check=False, timeout=60)
+    assert proc.returncode != 0
+    assert "not ready after" in proc.stderr and "testnet down" in proc.stderr, proc.stderr
+    pids = [m["pid"] for m in net.members()]
+    assert all(pid_alive(pid) for pid in pids)  # they keep running, as the message says
+
+    # With no grace at all, `down` does not wait for SIGTERM: it kills, and says so.
+    stopped = cli("testnet", "down", "--dir", str(net.directory), "--grace", "0")
+    assert stopped.stdout.count("sending SIGKILL") == 2, stopped.stdout
+    assert not any(pid_alive(pid) for pid in pids)
