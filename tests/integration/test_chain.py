@@ -193,21 +193,56 @@ def test_crash_halt_resume_and_block_sync(testnet_factory):
     (net.directory / "testnet.json").write_text(json.dumps(members))
 
 
-def test_validators_killed_mid_round_never_double_sign(testnet_factory):
+async def test_validators_killed_mid_round_never_double_sign(testnet_factory):
+    import trio
+
+    from node.consensus import messages
+    from tests.integration.test_bad_peers import _client
+
     net = testnet_factory(4)
-    net.up()
+    await trio.to_thread.run_sync(net.up)
     members = net.members()
-    wait_height(members, 2, 60)
-    for i in range(6):  # kill -9 and restart validators at arbitrary moments
-        victim = members[i % 4]
-        time.sleep(0.7 + 0.37 * i)
-        os.kill(victim["pid"], signal.SIGKILL)
-        time.sleep(0.3)
-        start_member(victim)
-    (net.directory / "testnet.json").write_text(json.dumps(members))
-    final = max(height(m) for m in members) + 2
-    wait_height(members, final, 120)
+    await trio.to_thread.run_sync(wait_height, members, 2, 60)
+    chain_id = (await trio.to_thread.run_sync(chain, members[0]))["chain_id"]
+
+    # A spy on the consensus topic records every vote that goes over the wire, so that a
+    # second, different vote for one (validator, height, round, type) cannot go unseen.
+    spy = _client(members[1]["p2p_addr"])
+    on_wire: dict[tuple[bytes, int, int, int], set[bytes | None]] = {}
+
+    async def record_votes() -> None:
+        async for msg in spy.subscribe(messages.consensus_topic(chain_id)):
+            try:
+                decoded = messages.decode(msg.data)
+            except Exception:
+                continue
+            if isinstance(decoded, messages.VoteMsg):
+                v = decoded.vote
+                on_wire.setdefault((v.validator, v.height, v.round, int(v.type)),
+                                   set()).add(v.block_id)
+
+    def kill_and_restart() -> int:
+        for i in range(6):  # kill -9 and restart validators at arbitrary moments
+            victim = members[i % 4]
+            time.sleep(0.7 + 0.37 * i)
+            os.kill(victim["pid"], signal.SIGKILL)
+            time.sleep(0.3)
+            start_member(victim)
+        (net.directory / "testnet.json").write_text(json.dumps(members))
+        final = max(height(m) for m in members) + 2
+        wait_height(members, final, 120)
+        return final
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(spy.run)
+        nursery.start_soon(record_votes)
+        final = await trio.to_thread.run_sync(kill_and_restart)
+        nursery.cancel_scope.cancel()
     assert_no_fork(members, final)
+    conflicting = {k: ids for k, ids in on_wire.items() if len(ids) > 1}
+    assert conflicting == {}, conflicting
+    assert len({k[0] for k in on_wire}) == 4, "the spy heard every validator vote"
+    assert len({k[1] for k in on_wire}) >= final // 2, sorted({k[1] for k in on_wire})
 
     # Nobody saw an equivocation, and no block carries evidence.
     for m in members:
