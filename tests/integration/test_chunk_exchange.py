@@ -1,0 +1,136 @@
+"""The chunk protocol between real libp2p hosts (in one trio run, on 127.0.0.1): push, have,
+fetch and possession proofs, every byte checked; a peer serving bad data is penalised and
+then banned; malformed requests are refused and cost the sender score."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import trio
+from prometheus_client import CollectorRegistry
+
+from node.codec import pack
+from node.config import load_config
+from node.crypto import Ed25519Key
+from node.metrics import P2PMetrics
+from node.p2p import P2PNetwork, Stream
+from node.storage.chunks import ChunkStore, chunk_id_of
+from node.storage.exchange import (
+    PROTOCOL,
+    BadData,
+    ChunkExchange,
+    PeerRefused,
+    _ok,
+    proof_digest,
+)
+from tests.integration.conftest import free_port_block
+
+pytestmark = pytest.mark.slow
+
+
+class LyingExchange(ChunkExchange):
+    """A Byzantine server: answers every get with the right size and the wrong bytes."""
+
+    async def _serve_get(self, stream: Stream, chunk_id: str) -> None:
+        size = self.store.size(chunk_id)
+        await stream.write_frame(_ok(size))
+        await stream.write_frame(os.urandom(size))
+
+
+def node(tmp_path: Path, name: str, port: int, bootstrap: list[str],
+         cls: type[ChunkExchange] = ChunkExchange) -> ChunkExchange:
+    home = tmp_path / name
+    home.mkdir()
+    config = replace(load_config(home).p2p, listen_addrs=[f"/ip4/127.0.0.1/tcp/{port}"],
+                     bootstrap=bootstrap)
+    net = P2PNetwork(Ed25519Key.generate(), config, P2PMetrics(CollectorRegistry()))
+    return cls(net, ChunkStore(home / "chunks", quota_bytes=64 * 1024 * 1024))
+
+
+@asynccontextmanager
+async def two_nodes(tmp_path: Path, server_cls: type[ChunkExchange] = ChunkExchange):
+    base = free_port_block(2)
+    async with trio.open_nursery() as nursery:
+        server = node(tmp_path, "server", base, [], server_cls)
+        await nursery.start(server.network.run)
+        server.install()
+        client = node(tmp_path, "client", base + 1, [server.network.listen_addrs()[0]])
+        await nursery.start(client.network.run)
+        client.install()
+        with trio.fail_after(20):
+            while server.network.peer_id not in client.network.connected_peer_ids():
+                await trio.sleep(0.05)
+        yield client, server
+        nursery.cancel_scope.cancel()
+
+
+async def test_push_have_fetch_and_prove(tmp_path: Path) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)  # several data frames
+    chunk_id = chunk_id_of(data)
+    async with two_nodes(tmp_path) as (client, server):
+        peer = server.network.peer_id
+        assert await client.have(peer, [chunk_id]) == [False]
+        await client.push(peer, chunk_id, data)
+        assert server.store.get(chunk_id) == data
+        assert await client.have(peer, [chunk_id, "0" * 64]) == [True, False]
+        await client.push(peer, chunk_id, data)  # already there: nothing is sent again
+        assert await client.fetch(peer, chunk_id, len(data)) == data
+        nonce = os.urandom(16)
+        proof = await client.prove(peer, chunk_id, 1000, 4096, nonce)
+        assert proof == proof_digest(nonce, data[1000:5096])
+        with pytest.raises(PeerRefused, match="not_found"):
+            await client.fetch(peer, "1" * 64, 10)
+        with pytest.raises(PeerRefused, match="bad_range"):
+            await client.prove(peer, chunk_id, len(data) - 10, 100, nonce)
+
+
+async def test_a_pushed_chunk_that_does_not_match_its_id_is_not_stored(tmp_path: Path) -> None:
+    data = os.urandom(100_000)
+    wrong_id = hashlib.sha256(b"something else").hexdigest()
+    async with two_nodes(tmp_path) as (client, server):
+        with pytest.raises(PeerRefused, match="bad_data"):
+            await client.push(server.network.peer_id, wrong_id, data)
+        assert not server.store.has(wrong_id) and not server.store.has(chunk_id_of(data))
+        assert server.store.stat().chunks == 0
+
+
+async def test_a_peer_serving_bad_data_is_penalised_then_banned(tmp_path: Path) -> None:
+    data = os.urandom(50_000)
+    chunk_id = chunk_id_of(data)
+    async with two_nodes(tmp_path, LyingExchange) as (client, server):
+        server.store.put(data)
+        peer = server.network.peer_id
+        with pytest.raises(BadData):
+            await client.fetch(peer, chunk_id, len(data))
+        score = {p.peer_id: p.score for p in client.network.book.snapshot()}[peer]
+        assert score < 0
+        for _ in range(5):
+            if client.network.book.is_banned(peer):
+                break
+            with pytest.raises(Exception):  # noqa: B017 - BadData, then the open circuit
+                await client.fetch(peer, chunk_id, len(data))
+        assert client.network.book.is_banned(peer)
+        with trio.fail_after(10):
+            while peer in client.network.connected_peer_ids():
+                await trio.sleep(0.05)
+
+
+async def test_malformed_requests_are_refused_and_cost_the_sender(tmp_path: Path) -> None:
+    async with two_nodes(tmp_path) as (client, server):
+        me = client.network.peer_id
+        for request in (b"\xc1 not msgpack", pack([1, "get"]), pack([1, "get", "ZZ" * 32]),
+                        pack([1, "have", []]), pack([1, "put", "a" * 64, -1]),
+                        pack([1, "prove", "a" * 64, 0, 10, b"short"]), pack([2, "get"]),
+                        pack([1, "launch", 1])):
+            stream = await client.network.open_stream(server.network.peer_id, PROTOCOL)
+            await stream.write_frame(request)
+            answer = await stream.read_frame()
+            await stream.close()
+            assert answer is not None and b"bad_request" in answer, (request, answer)
+        score = {p.peer_id: p.score for p in server.network.book.snapshot()}.get(me)
+        assert score is not None and score < 0 or server.network.book.is_banned(me)
