@@ -15,6 +15,7 @@ from node import __version__
 from node.api.chain import ChainApi
 from node.api.http import ApiStartError, HttpApi, NodeView, Readiness
 from node.api.members import MembersApi
+from node.api.objects import ObjectsApi
 from node.config import Config
 from node.consensus.driver import ConsensusService
 from node.consensus.genesis import Genesis
@@ -28,8 +29,13 @@ from node.ledger.app import LedgerApp, LedgerParams
 from node.logs import setup_logging
 from node.metrics import NodeMetrics
 from node.p2p import P2PNetwork, P2PStartError, peer_id_of
+from node.p2p.addrs import verify_by_node_id
 from node.p2p.info import InfoProtocol, PeerInfoDoc
 from node.runtime.resources import ResourceMonitor
+from node.storage.chunks import ChunkStore
+from node.storage.exchange import ChunkExchange
+from node.storage.names import NameIndex
+from node.storage.objects import ObjectService
 
 log = logging.getLogger("dcloud.node")
 
@@ -61,6 +67,10 @@ class Node(NodeView):
             region=config.node.region, version=__version__, config=config.gossip,
             monitor=ResourceMonitor(self.home.data_dir), metrics=self.metrics.membership)
         self.api.add_routes(MembersApi(self.membership).routes())
+        self.objects = self._build_storage(node_key) if config.storage.enabled else None
+        if self.objects is not None:
+            self.api.add_routes(ObjectsApi(self.objects, config.storage.max_object_bytes)
+                                .routes())
         self.peer_info: dict[str, PeerInfoDoc] = {}
         self.ready_services: set[str] = set()
 
@@ -77,6 +87,24 @@ class Node(NodeView):
             store=BlockStore(data / "chain.db"), wal=ConsensusWAL(data / "cs.wal"),
             metrics=self.metrics.consensus)
 
+    def _build_storage(self, node_key: Ed25519Key) -> ObjectService:
+        cfg = self.config.storage
+        data = self.home.data_dir
+        store = ChunkStore(data / "chunks", quota_bytes=cfg.quota_bytes,
+                           gc_grace_s=cfg.gc_grace_s)
+        exchange = ChunkExchange(self.p2p, store, metrics=self.metrics.storage)
+        membership = self.membership
+
+        def members() -> list[Any]:
+            return membership.core.members() if membership.core is not None else []
+
+        return ObjectService(
+            network=self.p2p, store=store, exchange=exchange,
+            index=NameIndex(data / "objects.sqlite3", verify_by_node_id), node_key=node_key,
+            chain_id=self.consensus.chain_id, region=self.config.node.region, config=cfg,
+            metrics=self.metrics.storage, members=members,
+            leaders=lambda: dict(membership.leaders))
+
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         if self.config.api.enabled:
             # The API starts last; a port it cannot have must fail before anything starts.
@@ -91,6 +119,10 @@ class Node(NodeView):
             self.ready_services.add("consensus")
             await nursery.start(self.membership.run)
             self.ready_services.add("membership")
+            if self.objects is not None:
+                self.objects.install()
+                await nursery.start(self.objects.run)
+                self.ready_services.add("storage")
             if self.config.api.enabled:
                 await nursery.start(self.api.run)
                 self.ready_services.add("api")
@@ -153,6 +185,7 @@ class Node(NodeView):
             "peers": peers,
             "chain": self.consensus.status(),
             "membership": self.membership.status(),
+            "storage": self.objects.status() if self.objects is not None else None,
         }
 
 

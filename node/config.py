@@ -56,6 +56,19 @@ class GossipSection:
 
 
 @dataclass(frozen=True)
+class StorageSection:
+    enabled: bool
+    quota_bytes: int
+    max_object_bytes: int
+    segment_bytes: int
+    k: int
+    m: int
+    gc_interval_s: float
+    gc_grace_s: float
+    audit_interval_s: float
+
+
+@dataclass(frozen=True)
 class ApiSection:
     enabled: bool
     listen: str
@@ -63,7 +76,7 @@ class ApiSection:
 
 
 SECTIONS: dict[str, type] = {"node": NodeSection, "p2p": P2PSection, "gossip": GossipSection,
-                             "api": ApiSection}
+                             "storage": StorageSection, "api": ApiSection}
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,7 @@ class Config:
     node: NodeSection
     p2p: P2PSection
     gossip: GossipSection
+    storage: StorageSection
     api: ApiSection
 
     @property
@@ -213,6 +227,7 @@ def load_config(
         node=NodeSection(**merged["node"]),
         p2p=P2PSection(**merged["p2p"]),
         gossip=GossipSection(**merged["gossip"]),
+        storage=StorageSection(**merged["storage"]),
         api=ApiSection(**merged["api"]),
     )
     validate(config)
@@ -262,6 +277,19 @@ def validate(config: Config) -> None:
         raise ConfigError("gossip.probe_timeout_ms must be >= 10 and below probe_interval_ms")
     if not 1 <= g.suspicion_mult <= 100:
         raise ConfigError("gossip.suspicion_mult must be between 1 and 100")
+    st = config.storage
+    if st.quota_bytes < 0 or st.max_object_bytes < 0:
+        raise ConfigError("storage.quota_bytes and storage.max_object_bytes must be >= 0")
+    if not 64 * 1024 <= st.segment_bytes <= 64 * 1024 * 1024:
+        raise ConfigError("storage.segment_bytes must be between 65536 and 67108864")
+    if not (1 <= st.k <= 32 and 1 <= st.m <= 32):
+        raise ConfigError("storage.k and storage.m must each be between 1 and 32")
+    for name in ("gc_interval_s", "audit_interval_s"):
+        value = getattr(st, name)
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"storage.{name} must be a finite number > 0, got {value}")
+    if not math.isfinite(st.gc_grace_s) or st.gc_grace_s < 0:
+        raise ConfigError(f"storage.gc_grace_s must be a finite number >= 0, got {st.gc_grace_s}")
     if p2p.max_frame_bytes < 1024:
         raise ConfigError("p2p.max_frame_bytes must be at least 1024")
     if config.api.max_body_bytes < 1024:

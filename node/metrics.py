@@ -105,6 +105,49 @@ class MembershipMetrics:
             registry=registry)
 
 
+class StorageMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.stored_bytes = Gauge("dcloud_storage_stored_bytes",
+                                  "Bytes of chunks (shards, manifests) on this node's disk.",
+                                  registry=registry)
+        self.quota_bytes = Gauge("dcloud_storage_quota_bytes", "Chunk store quota.",
+                                 registry=registry)
+        self.chunks = Gauge("dcloud_storage_chunks", "Chunks on this node's disk.",
+                            registry=registry)
+        self.objects = Gauge("dcloud_storage_objects", "Objects named in this node's index.",
+                             registry=registry)
+        self.served_bytes = Counter("dcloud_storage_served_bytes",
+                                    "Chunk bytes served to peers.", registry=registry)
+        self.fetched_bytes = Counter("dcloud_storage_fetched_bytes",
+                                     "Chunk bytes fetched from peers (checked).",
+                                     registry=registry)
+        self.received_bytes = Counter("dcloud_storage_received_bytes",
+                                      "Chunk bytes peers pushed to this node (stored).",
+                                      registry=registry)
+        self.pushed_bytes = Counter("dcloud_storage_pushed_bytes",
+                                    "Chunk bytes this node pushed to peers.", registry=registry)
+        self.bad_chunks = Counter("dcloud_storage_bad_chunks",
+                                  "Chunks a peer served that did not match their id.",
+                                  registry=registry)
+        self.objects_put = Counter("dcloud_storage_objects_put", "Objects put through this node.",
+                                   registry=registry)
+        self.object_bytes_put = Counter("dcloud_storage_object_put_bytes",
+                                        "Object bytes put through this node.", registry=registry)
+        self.object_bytes_got = Counter("dcloud_storage_object_get_bytes",
+                                        "Object bytes served through this node's API.",
+                                        registry=registry)
+        self.repairs = Counter("dcloud_storage_repairs", "Shards rebuilt onto a new holder.",
+                               registry=registry)
+        self.repairs_pending = Gauge("dcloud_storage_repairs_pending",
+                                     "Shards found lost by the last audit, not yet rebuilt.",
+                                     registry=registry)
+        self.audits = Counter("dcloud_storage_audits",
+                              "Possession challenges sent to shard holders.", registry=registry)
+        self.audit_failures = Counter("dcloud_storage_audit_failures",
+                                      "Challenges a holder failed (or did not answer).",
+                                      registry=registry)
+
+
 class NodeMetrics:
     """All metrics of one node process."""
 
@@ -125,6 +168,7 @@ class NodeMetrics:
         self.p2p = P2PMetrics(self.registry)
         self.consensus = ConsensusMetrics(self.registry)
         self.membership = MembershipMetrics(self.registry)
+        self.storage = StorageMetrics(self.registry)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -24,7 +24,7 @@ import trio
 
 from node.codec import DecodeError
 from node.config import GossipSection
-from node.crypto import Ed25519Key, verify
+from node.crypto import Ed25519Key
 from node.gossip import leader as leadership
 from node.gossip.heartbeat import (
     MAX_BATCH,
@@ -44,7 +44,7 @@ from node.gossip.swim import Membership, Send, SwimConfig
 from node.gossip.swim_messages import MAX_FRAME_BYTES
 from node.metrics import MembershipMetrics
 from node.p2p import P2PNetwork, Stream
-from node.p2p.addrs import public_key_of
+from node.p2p.addrs import public_key_of, verify_by_node_id
 from node.p2p.breaker import BreakerRegistry, CircuitOpenError
 from node.p2p.breaker import call as breaker_call
 from node.runtime.resources import ResourceMonitor
@@ -116,7 +116,7 @@ class MembershipService:
             config=SwimConfig(probe_interval_ms=self.config.probe_interval_ms,
                               probe_timeout_ms=self.config.probe_timeout_ms,
                               suspicion_mult=self.config.suspicion_mult),
-            rng=random.Random(), sign=self.key.sign, verify=_verify_node)
+            rng=random.Random(), sign=self.key.sign, verify=verify_by_node_id)
         self.network.set_handler(PROTOCOL, self._serve)
         self.network.set_handler(HEARTBEAT_PROTOCOL, self._serve_heartbeat)
         async with trio.open_nursery() as nursery:
@@ -383,6 +383,11 @@ class MembershipService:
 
     # ---- views -------------------------------------------------------------------------------
 
+    @property
+    def leaders(self) -> dict[str, str]:
+        """Region -> the node this node holds to lead it (node.gossip.leader)."""
+        return dict(self._leaders)
+
     def status(self) -> dict[str, Any]:
         if self.core is None:
             return {"members": [], "leaders": {}, "self_is_leader": False}
@@ -411,8 +416,3 @@ class MembershipService:
                     "free": s.free},
             }
         return out
-
-
-def _verify_node(node_id: str, message: bytes, signature: bytes) -> bool:
-    key = public_key_of(node_id)
-    return key is not None and verify(key, message, signature)

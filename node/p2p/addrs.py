@@ -91,3 +91,11 @@ def public_key_of(peer_id: str) -> bytes | None:
         return None
     raw = key.to_bytes()
     return raw if len(raw) == 32 else None
+
+
+def verify_by_node_id(node_id: str, message: bytes, signature: bytes) -> bool:
+    """Is `signature` the node's ed25519 signature of `message` (key taken from its id)?"""
+    from node.crypto import verify
+
+    key = public_key_of(node_id)
+    return key is not None and verify(key, message, signature)

@@ -138,8 +138,10 @@ class ChunkExchange:
         peer = stream.peer_id
         try:
             with trio.fail_after(REQUEST_TIMEOUT_S):
-                msg = _parse(await stream.read_frame(MAX_CONTROL_FRAME_BYTES), "request")
-                await self._answer(stream, msg)
+                frame = await stream.read_frame(MAX_CONTROL_FRAME_BYTES)
+                if frame is None:
+                    return  # closed before asking anything: a broken connection, not a lie
+                await self._answer(stream, _parse(frame, "request"))
         except ProtocolViolation as exc:
             log.info("bad chunk request from %s: %s", peer, exc)
             self.network.book.penalise(peer, BAD_REQUEST_PENALTY, f"bad chunk request: {exc}")

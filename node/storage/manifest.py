@@ -307,6 +307,18 @@ class Manifest:
         segments[segment] = replace(seg, shards=tuple(shards))
         return replace(self, segments=tuple(segments))
 
+    def content(self) -> list[Any]:
+        """Everything but the holders: what the object's bytes and coding are."""
+        raw = self.to_list()
+        raw[6] = [[size, digest, [shard[:2] for shard in shards]]
+                  for size, digest, shards in raw[6]]
+        return raw
+
+    def same_content(self, other: Manifest) -> bool:
+        """Does `other` describe the same bytes, coded the same way (holders may differ)? A
+        repair may move shards, nothing else."""
+        return self.content() == other.content()
+
     # ---- CBOR -----------------------------------------------------------------------------
 
     def to_list(self) -> list[Any]:

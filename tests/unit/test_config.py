@@ -234,8 +234,8 @@ def test_unknown_key_in_file_names_key_and_file(tmp_path):
 
 
 def test_unknown_section_in_file(tmp_path):
-    write_config(tmp_path, "[storage]\nsize = 3\n")
-    with pytest.raises(ConfigError, match=r"\[storage\]"):
+    write_config(tmp_path, "[warehouse]\nsize = 3\n")
+    with pytest.raises(ConfigError, match=r"\[warehouse\]"):
         load_config(tmp_path, env={})
 
 

@@ -1,0 +1,776 @@
+"""Erasure-coded objects over the nodes: put, get, delete, list, status.
+
+Put (streamed): the body is cut into segments (`storage.segment_bytes`), each sealed when a
+key is given (node.storage.sealing), coded RS(k, m) in a worker thread, and its k+m shards
+pushed to k+m distinct live members chosen by rendezvous hashing on the segment's hash,
+spread over regions (node.storage.placement); a holder that fails is replaced by the next in
+the ranking. At most PUT_SEGMENTS_IN_FLIGHT segments are in memory at once. The manifest then
+goes to every holder, and a signed name record (node.storage.names) makes the object visible:
+first in our index, then directly on every holder (which pins what it holds of the object
+under the owner `object:<manifest id>`), then by gossip on `dcloud/<chain-id>/objects`. Until
+that record exists nothing is visible, and the shards pushed so far are unpinned chunks that
+GC removes after `storage.gc_grace_s`: an interrupted put leaves neither.
+
+Get (streamed): the name is resolved (our index, else our peers), the manifest read or fetched
+(checked by its id), and each segment rebuilt from any k shards: its data shards, fetched in
+parallel from their holders, and parity shards only for data shards that could not be had, so
+nothing is decoded while the data shards are there. The next segment is fetched while the
+current one is written out. A Range needs only the segments it covers.
+
+Delete: a tombstone record, signed by the node that put the object; holders unpin, GC frees.
+
+Protocol `/dcloud/objects/0.1.0`, one request per stream, msgpack frames:
+- `[1, "record", bytes]` -> `[1, "ok", accepted, reason]`: offer a name record
+- `[1, "resolve", name]` -> `[1, "ok", bytes | nil]`: this node's record of a name
+- `[1, "list", after, limit]` -> `[1, "ok", [bytes, ...]]`: records after a name (<= 256)
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from node.codec import DecodeError, pack, unpack
+from node.crypto import Ed25519Key
+from node.p2p import P2PNetwork, Stream
+from node.p2p.addrs import verify_by_node_id
+from node.storage.chunks import ChunkStore, ChunkStoreError, chunk_id_of
+from node.storage.erasure import ErasureError, SegmentCoder
+from node.storage.exchange import ChunkExchange
+from node.storage.manifest import (
+    MAX_MANIFEST_BYTES,
+    Coding,
+    InvalidManifest,
+    Manifest,
+    Sealing,
+    SegmentRef,
+    segment_ref,
+)
+from node.storage.names import (
+    InvalidRecord,
+    NameIndex,
+    NameRecord,
+    Offer,
+    judge,
+    new_record,
+    update_record,
+    validate_name,
+)
+from node.storage.placement import Candidate, NotEnoughNodes, ranking
+from node.storage.sealing import SCHEME, SegmentSealer, new_salt
+from node.storage.segmenter import SegmentCutter
+
+log = logging.getLogger("dcloud.storage.objects")
+
+PROTOCOL = "/dcloud/objects/0.1.0"
+VERSION = 1
+MAX_FRAME_BYTES = 512 * 1024
+MAX_LIST = 256
+REQUEST_TIMEOUT_S = 15.0
+PUT_SEGMENTS_IN_FLIGHT = 2
+SHARD_RETRIES = 3  # other nodes tried for a shard whose holder failed, during a put
+PUSH_TIMEOUT_S = 60.0
+RECORD_PENALTY = 10
+
+
+class ObjectError(Exception):
+    """An object operation failed; `code` is the API's error code, `status` its HTTP status."""
+
+    status = 500
+    code = "storage_error"
+
+
+class ObjectNotFound(ObjectError):
+    status, code = 404, "not_found"
+
+
+class NotCreator(ObjectError):
+    status, code = 403, "not_creator"
+
+
+class KeyRequired(ObjectError):
+    status, code = 403, "key_required"
+
+
+class BadRequest(ObjectError):
+    status, code = 400, "bad_request"
+
+
+class TooLarge(ObjectError):
+    status, code = 413, "too_large"
+
+
+class NeedMoreNodes(ObjectError):
+    status, code = 503, "not_enough_nodes"
+
+    def __init__(self, needed: int, available: int) -> None:
+        self.needed, self.available = needed, available
+        super().__init__(f"a put with k+m = {needed} needs {needed} live nodes, "
+                         f"{available} are live")
+
+
+class PutFailed(ObjectError):
+    status, code = 502, "put_failed"
+
+
+class GetFailed(ObjectError):
+    status, code = 502, "get_failed"
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    record: NameRecord
+    manifest: Manifest
+
+    @property
+    def encrypted(self) -> bool:
+        return self.manifest.sealing is not None
+
+
+def owner_of(manifest_id: str) -> str:
+    """The pin owner of an object's chunks on a holder."""
+    return f"object:{manifest_id}"
+
+
+ReadBlock = Callable[[], Awaitable[bytes]]  # b"" at the end of the body
+WriteBlock = Callable[[bytes], Awaitable[None]]
+
+
+class ObjectService:
+    def __init__(self, *, network: P2PNetwork, store: ChunkStore, exchange: ChunkExchange,
+                 index: NameIndex, node_key: Ed25519Key, chain_id: str, region: str,
+                 config: Any, metrics: Any, members: Callable[[], list[Any]],
+                 leaders: Callable[[], dict[str, str]] = dict) -> None:
+        self.network = network
+        self.store = store
+        self.exchange = exchange
+        self.index = index
+        self.key = node_key
+        self.node_id = network.peer_id
+        self.region = region
+        self.config = config
+        self.metrics = metrics
+        self.topic = f"dcloud/{chain_id}/objects"
+        self._members = members  # () -> MemberView list (node.gossip.swim), self included
+        self._leaders = leaders  # () -> region -> leader (node.gossip.leader)
+        self._nursery: trio.Nursery | None = None
+        self.repairs_pending = 0  # shards the last audit found lost (node.storage.repair)
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    def install(self) -> None:
+        self.exchange.install()
+        self.network.set_handler(PROTOCOL, self._serve)
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._read_gossip)
+            nursery.start_soon(self._gc_loop)
+            nursery.start_soon(self._sync_index)
+            self.refresh_metrics()
+            task_status.started()
+
+    # ---- members ----------------------------------------------------------------------------
+
+    def candidates(self) -> list[Candidate]:
+        """Live members that may hold shards (alive ones; ourselves always)."""
+        out = {self.node_id: Candidate(self.node_id, self.region)}
+        for m in self._members():
+            if m.state == "alive" and m.node_id not in out:
+                out[m.node_id] = Candidate(m.node_id, m.region)
+        if len(out) == 1:
+            # No membership view (yet): the connected peers, in our region as far as we know.
+            for peer in self.network.connected_peer_ids():
+                out.setdefault(peer, Candidate(peer, self.region))
+        return list(out.values())
+
+    def member_states(self) -> dict[str, str]:
+        states = {m.node_id: m.state for m in self._members()}
+        states[self.node_id] = "alive"
+        return states
+
+    # ---- put --------------------------------------------------------------------------------
+
+    async def put(self, name: str, read_block: ReadBlock, *, k: int | None = None,
+                  m: int | None = None, key: bytes | None = None) -> NameRecord:
+        name = _checked_name(name)
+        k = self.config.k if k is None else k
+        m = self.config.m if m is None else m
+        try:
+            coder = SegmentCoder(k, m)
+        except ErasureError as exc:
+            raise BadRequest(f"coding k={k}, m={m}: {exc}") from exc
+        candidates = self.candidates()
+        if len(candidates) < k + m:
+            raise NeedMoreNodes(k + m, len(candidates))  # before a byte is read or written
+        sealing = Sealing(SCHEME, new_salt()) if key is not None else None
+        sealer = SegmentSealer(key, sealing.salt) if key is not None and sealing else None
+        cutter = SegmentCutter(self.config.segment_bytes,
+                               max_object_bytes=self.config.max_object_bytes)
+        segments: dict[int, SegmentRef] = {}
+        slots = trio.Semaphore(PUT_SEGMENTS_IN_FLIGHT)
+
+        async def store_segment(index: int, plain: bytes) -> None:
+            try:
+                stored = sealer.seal(index, plain) if sealer is not None else plain
+                encoded = await trio.to_thread.run_sync(coder.encode, stored)
+                holders = await self._place_shards(encoded.shard_hashes[0], encoded.shards,
+                                                   candidates)
+                segments[index] = segment_ref(stored, encoded, [[h] for h in holders])
+            finally:
+                slots.release()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                index = 0
+                while True:
+                    block = await read_block()
+                    ready = cutter.push(block) if block else []
+                    last = cutter.finish() if not block else None
+                    for plain in ready + ([last] if last is not None else []):
+                        await slots.acquire()
+                        nursery.start_soon(store_segment, index, plain)
+                        index += 1
+                    if not block:
+                        break
+        except* Exception as group:
+            raise _put_error(group) from None
+        manifest = Manifest(cutter.total, self.config.segment_bytes, Coding(k, m, coder.backend),
+                            tuple(segments[i] for i in range(len(segments))), sealing)
+        await self._distribute_manifest(manifest)
+        record = new_record(name, manifest.id, manifest.size, self.node_id, _now_ms(),
+                            self.key.sign)
+        offer = self.index.offer(record)
+        if not offer.accepted:
+            raise PutFailed(f"name record refused: {offer.reason}")
+        await self._after_change(record, offer.replaced)
+        await self._announce(record, _holders(manifest))
+        self.metrics.objects_put.inc()
+        self.metrics.object_bytes_put.inc(manifest.size)
+        log.info("put object %s: %d bytes, %d segments, manifest %s", name, manifest.size,
+                 len(manifest.segments), manifest.id[:16])
+        return record
+
+    async def _place_shards(self, key: bytes, shards: Sequence[bytes],
+                            candidates: list[Candidate]) -> list[str]:
+        """Push shard i to the i-th node of the ranking; a failed node is replaced by the
+        next unused one. Returns the holder of each shard."""
+        order = [c.node_id for c in ranking(key, candidates)]
+        spare = iter(order[len(shards):])
+        holders: list[str | None] = list(order[:len(shards)])
+        lock = trio.Lock()
+
+        async def push(i: int) -> None:
+            errors = []
+            for attempt in range(SHARD_RETRIES + 1):
+                node = holders[i]
+                if node is None:
+                    break
+                try:
+                    with trio.fail_after(PUSH_TIMEOUT_S):
+                        await self.exchange.push(node, chunk_id_of(shards[i]), shards[i])
+                    return
+                except trio.Cancelled:
+                    raise
+                except Exception as exc:
+                    log.info("shard push to %s failed: %s", node, exc)
+                    errors.append(f"{node}: {exc}")
+                # A connection being replaced (two peers dialled each other) breaks the
+                # streams on it: the same node gets one more try before the next candidate.
+                if attempt == 0:
+                    await trio.sleep(0.5)
+                    continue
+                async with lock:
+                    holders[i] = next(spare, None)
+            raise PutFailed(f"no node took shard {i}: {'; '.join(errors[-3:])}")
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(shards)):
+                nursery.start_soon(push, i)
+        return [h for h in holders if h is not None]
+
+    async def _distribute_manifest(self, manifest: Manifest) -> None:
+        data = manifest.encode()
+        targets = sorted(set(_holders(manifest)) | {self.node_id})
+        failures: list[str] = []
+
+        async def one(node: str) -> None:
+            try:
+                with trio.fail_after(PUSH_TIMEOUT_S):
+                    await self.exchange.push(node, manifest.id, data)
+            except trio.Cancelled:
+                raise
+            except Exception as exc:
+                failures.append(f"{node}: {exc}")
+
+        async with trio.open_nursery() as nursery:
+            for node in targets:
+                nursery.start_soon(one, node)
+        if len(failures) == len(targets):
+            raise PutFailed(f"the manifest reached no node: {'; '.join(failures)}")
+
+    async def _announce(self, record: NameRecord, holders: Sequence[str]) -> None:
+        """Tell the object's holders directly (they pin on it), then everyone by gossip."""
+        data = record.encode()
+
+        async def one(node: str) -> None:
+            try:
+                await self._request(node, [VERSION, "record", data])
+            except trio.Cancelled:
+                raise
+            except Exception as exc:  # it will hear by gossip; repair covers the rest
+                log.info("record to %s failed: %s", node, exc)
+
+        async with trio.open_nursery() as nursery:
+            for node in sorted(set(holders) - {self.node_id}):
+                nursery.start_soon(one, node)
+        try:
+            await self.network.publish(self.topic, data)
+        except Exception as exc:
+            log.info("publishing the record of %s failed: %s", record.name, exc)
+
+    # ---- records ----------------------------------------------------------------------------
+
+    async def offer_record(self, record: NameRecord) -> Offer:
+        """Apply a record from a peer: judge it, check a repair's manifest, store, pin."""
+        held = self.index.get(record.name)
+        verdict = judge(record, held, _now_ms())
+        if not verdict.accepted:
+            return verdict
+        same: Callable[[NameRecord, NameRecord], bool] | None = None
+        if verdict.needs_content_check:
+            assert held is not None
+            try:
+                old = await self.manifest_of(held)
+                new = await self.manifest_of(record)
+            except ObjectError as exc:
+                return Offer(False, f"cannot check the repair: {exc}")
+            same = lambda _held, _new: old.same_content(new)  # noqa: E731
+        offer = self.index.offer(record, same_content=same)
+        if offer.accepted:
+            await self._after_change(record, offer.replaced)
+        return offer
+
+    async def _after_change(self, record: NameRecord, replaced: NameRecord | None) -> None:
+        """Pin what we hold of the object now named, unpin what no name holds any more."""
+        if replaced is not None and replaced.manifest_id != record.manifest_id:
+            await trio.to_thread.run_sync(self.store.unpin_owner, owner_of(replaced.manifest_id))
+        if record.deleted:
+            await trio.to_thread.run_sync(self.store.unpin_owner, owner_of(record.manifest_id))
+        elif self.store.has(record.manifest_id):
+            try:
+                manifest = await self._local_manifest(record.manifest_id)
+            except ObjectError as exc:
+                log.warning("cannot pin %s: %s", record.name, exc)
+                return
+            held = [c for c in {record.manifest_id, *manifest.chunk_ids()} if self.store.has(c)]
+            await trio.to_thread.run_sync(self.store.pin_many, held,
+                                          owner_of(record.manifest_id))
+        self.refresh_metrics()
+
+    async def _read_gossip(self) -> None:
+        async for msg in self.network.subscribe(self.topic):
+            if msg.from_peer == self.node_id:
+                continue
+            try:
+                record = NameRecord.decode(msg.data, verify_by_node_id)
+            except InvalidRecord as exc:
+                self.network.book.penalise(msg.from_peer, RECORD_PENALTY, f"bad record: {exc}")
+                continue
+            try:
+                await self.offer_record(record)
+            except Exception as exc:  # a peer's record must never stop this loop
+                log.warning("record of %s from gossip: %r", record.name, exc)
+
+    async def _sync_index(self) -> None:
+        """Anti-entropy: copy the index of a random peer (paged), soon after start and then
+        every minute, so a node that missed gossip (or was down) learns every name."""
+        while True:
+            await trio.sleep(2.0)
+            peers = self.network.connected_peer_ids()
+            if not peers:
+                continue
+            peer = random.choice(peers)
+            after = ""
+            try:
+                while True:
+                    answer = await self._request(peer, [VERSION, "list", after, MAX_LIST])
+                    items = answer[0] if answer and isinstance(answer[0], list) else []
+                    for data in items:
+                        try:
+                            record = NameRecord.decode(data, verify_by_node_id)
+                        except InvalidRecord:
+                            continue
+                        after = max(after, record.name)
+                        await self.offer_record(record)
+                    if len(items) < MAX_LIST:
+                        break
+            except trio.Cancelled:
+                raise
+            except Exception as exc:
+                log.debug("index sync with %s: %r", peer, exc)
+                continue
+            await trio.sleep(60.0)
+
+    # ---- lookups ----------------------------------------------------------------------------
+
+    async def resolve(self, name: str) -> NameRecord | None:
+        """Our record of `name`, else the newest valid one our peers hold (then kept)."""
+        name = _checked_name(name)
+        held = self.index.get(name)
+        if held is not None:
+            return held
+        found: list[NameRecord] = []
+
+        async def ask(peer: str) -> None:
+            try:
+                answer = await self._request(peer, [VERSION, "resolve", name])
+                if answer and isinstance(answer[0], bytes):
+                    record = NameRecord.decode(answer[0], verify_by_node_id)
+                    if record.name == name:
+                        found.append(record)
+            except trio.Cancelled:
+                raise
+            except Exception as exc:
+                log.debug("resolve %s at %s: %r", name, peer, exc)
+
+        with trio.move_on_after(REQUEST_TIMEOUT_S):
+            async with trio.open_nursery() as nursery:
+                for peer in self.network.connected_peer_ids()[:32]:
+                    nursery.start_soon(ask, peer)
+        # Offer the lineage starts first, oldest first, then updates: the index keeps the
+        # winner, and an update is accepted only on top of its lineage.
+        for record in sorted(found, key=lambda r: (r.updated_ms != r.created_ms, r.order)):
+            await self.offer_record(record)
+        return self.index.get(name)
+
+    async def open(self, name: str) -> StoredObject:
+        record = await self.resolve(name)
+        if record is None or record.deleted:
+            raise ObjectNotFound(f"no object named {name!r}")
+        return StoredObject(record, await self.manifest_of(record))
+
+    async def _local_manifest(self, manifest_id: str) -> Manifest:
+        try:
+            data = await trio.to_thread.run_sync(self.store.get, manifest_id)
+            return Manifest.decode(data, expected_id=manifest_id)
+        except (ChunkStoreError, InvalidManifest, DecodeError) as exc:
+            raise GetFailed(f"manifest {manifest_id[:16]}: {exc}") from exc
+
+    async def manifest_of(self, record: NameRecord) -> Manifest:
+        """The record's manifest: ours, else from the nodes likely to have it (checked)."""
+        mid = record.manifest_id
+        if self.store.has(mid):
+            return await self._local_manifest(mid)
+        peers = [record.signer, record.creator, *self.network.connected_peer_ids()]
+        seen: list[str] = []
+        for p in peers:
+            if p not in seen and p != self.node_id:
+                seen.append(p)
+        try:
+            data = await self.exchange.fetch_any(seen, mid, MAX_MANIFEST_BYTES)
+            manifest = Manifest.decode(data, expected_id=mid)
+        except Exception as exc:
+            raise GetFailed(f"manifest {mid[:16]} of {record.name!r}: {exc}") from exc
+        try:  # cached unpinned: GC drops it unless we hold part of the object
+            await trio.to_thread.run_sync(lambda: self.store.put(data, expected_id=mid))
+        except ChunkStoreError:
+            pass
+        return manifest
+
+    def list(self) -> list[NameRecord]:
+        out, after = [], ""
+        while True:
+            page = self.index.live(after, 1000)
+            out += page
+            if len(page) < 1000:
+                return out
+            after = page[-1].name
+
+    # ---- get --------------------------------------------------------------------------------
+
+    async def read(self, obj: StoredObject, start: int, end: int, write: WriteBlock, *,
+                   key: bytes | None = None) -> None:
+        """Write bytes [start, end) of the object, segment by segment, fetching the next
+        segment while the current one is written."""
+        manifest = obj.manifest
+        if manifest.sealing is not None and key is None:
+            raise KeyRequired(f"object {obj.record.name!r} is encrypted: give its key")
+        if not 0 <= start <= end <= manifest.size:
+            raise BadRequest(f"range [{start}, {end}) outside an object of {manifest.size} bytes")
+        if start == end:
+            return
+        seg = manifest.segment_size
+        first, last = start // seg, (end - 1) // seg
+        send, recv = trio.open_memory_channel[bytes](1)
+
+        async def produce() -> None:
+            async with send:
+                for i in range(first, last + 1):
+                    await send.send(await self.segment(manifest, i, key))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(produce)
+            async with recv:
+                i = first
+                async for plain in recv:
+                    lo = start - i * seg if i == first else 0
+                    hi = end - i * seg if i == last else len(plain)
+                    await write(plain[lo:hi])
+                    self.metrics.object_bytes_got.inc(hi - lo)
+                    i += 1
+
+    async def segment(self, manifest: Manifest, index: int, key: bytes | None) -> bytes:
+        """Segment `index` in plaintext, from any k of its shards."""
+        ref = manifest.segments[index]
+        coder = SegmentCoder(manifest.coding.k, manifest.coding.m, manifest.coding.backend)
+        shards = await self.fetch_shards(ref, manifest.coding.k)
+        try:
+            stored = await trio.to_thread.run_sync(
+                lambda: coder.decode(shards, ref.shard_hashes, segment_size=ref.size,
+                                     segment_hash=ref.hash))
+        except ErasureError as exc:
+            raise GetFailed(f"segment {index}: {exc}") from exc
+        if manifest.sealing is None:
+            return stored
+        assert key is not None
+        try:
+            return SegmentSealer(key, manifest.sealing.salt).open(index, stored)
+        except Exception as exc:
+            raise KeyRequired(f"segment {index} does not open with this key: {exc}") from exc
+
+    async def fetch_shards(self, ref: SegmentRef, k: int,
+                           skip: Sequence[int] = ()) -> dict[int, bytes]:
+        """Any k shards of a segment (data shards first), each checked against its hash."""
+        got: dict[int, bytes] = {}
+        order = [i for i in range(len(ref.shards)) if i not in skip]
+        failed: list[str] = []
+
+        async def one(i: int) -> None:
+            shard = ref.shards[i]
+            try:
+                got[i] = await self.exchange.fetch_any(list(shard.holders) or [self.node_id],
+                                                       shard.chunk_id, shard.size)
+            except trio.Cancelled:
+                raise
+            except Exception as exc:
+                failed.append(f"shard {i}: {exc}")
+
+        pending = iter(order)
+        wave = [i for _, i in zip(range(k), pending, strict=False)]
+        while wave:
+            async with trio.open_nursery() as nursery:
+                for i in wave:
+                    nursery.start_soon(one, i)
+            missing = k - len(got)
+            wave = [i for _, i in zip(range(missing), pending, strict=False)] if missing else []
+        if len(got) < k:
+            raise GetFailed(f"only {len(got)} of the k={k} shards needed could be fetched: "
+                            f"{'; '.join(failed)}")
+        return got
+
+    # ---- delete -----------------------------------------------------------------------------
+
+    async def delete(self, name: str) -> NameRecord:
+        record = await self.resolve(name)
+        if record is None or record.deleted:
+            raise ObjectNotFound(f"no object named {name!r}")
+        if record.creator != self.node_id:
+            raise NotCreator(f"object {name!r} was put through node {record.creator}; "
+                             "delete it there")
+        tomb = update_record(record, self.node_id, _now_ms(), self.key.sign, deleted=True)
+        offer = self.index.offer(tomb)
+        if not offer.accepted:
+            raise ObjectError(f"delete refused: {offer.reason}")
+        holders: list[str] = []
+        if self.store.has(record.manifest_id):
+            try:
+                holders = _holders(await self._local_manifest(record.manifest_id))
+            except ObjectError:
+                pass
+        await self._after_change(tomb, offer.replaced)
+        await self._announce(tomb, holders)
+        return tomb
+
+    # ---- status -----------------------------------------------------------------------------
+
+    async def health(self, obj: StoredObject) -> dict[str, Any]:
+        """Every shard's holders, their membership state and whether they say they hold it."""
+        manifest = obj.manifest
+        states = self.member_states()
+        asked: dict[str, list[str]] = {}
+        for ref in manifest.segments:
+            for shard in ref.shards:
+                for holder in shard.holders:
+                    asked.setdefault(holder, []).append(shard.chunk_id)
+        answers: dict[tuple[str, str], bool] = {}
+
+        async def ask(holder: str, ids: list[str]) -> None:
+            for start in range(0, len(ids), 1000):
+                part = ids[start:start + 1000]
+                try:
+                    if holder == self.node_id:
+                        has = [self.store.has(i) for i in part]
+                    elif states.get(holder) not in ("alive", "suspect"):
+                        has = [False] * len(part)
+                    else:
+                        with trio.fail_after(REQUEST_TIMEOUT_S):
+                            has = await self.exchange.have(holder, part)
+                except trio.Cancelled:
+                    raise
+                except Exception:
+                    has = [False] * len(part)
+                answers.update({(holder, i): h for i, h in zip(part, has, strict=True)})
+
+        async with trio.open_nursery() as nursery:
+            for holder, ids in asked.items():
+                nursery.start_soon(ask, holder, ids)
+        segments, healthy, total = [], 0, 0
+        for s, ref in enumerate(manifest.segments):
+            shards = []
+            for i, shard in enumerate(ref.shards):
+                holders = [{"node_id": h, "state": states.get(h, "unknown"),
+                            "has": answers.get((h, shard.chunk_id), False)}
+                           for h in shard.holders]
+                ok = any(h["has"] for h in holders)
+                healthy += ok
+                total += 1
+                shards.append({"index": i, "chunk_id": shard.chunk_id, "holders": holders,
+                               "healthy": ok})
+            segments.append({"index": s, "shards": shards})
+        return {"name": obj.record.name, "manifest_id": obj.record.manifest_id,
+                "size": manifest.size, "k": manifest.coding.k, "m": manifest.coding.m,
+                "encrypted": obj.encrypted, "healthy_shards": healthy, "total_shards": total,
+                "segments": segments,
+                "repairs_pending": self.repairs_pending}
+
+    def refresh_metrics(self) -> None:
+        stat = self.store.stat()
+        self.metrics.stored_bytes.set(stat.used_bytes)
+        self.metrics.quota_bytes.set(stat.quota_bytes)
+        self.metrics.chunks.set(stat.chunks)
+        self.metrics.objects.set(self.index.count())
+
+    def status(self) -> dict[str, Any]:
+        stat = self.store.stat()
+        return {"used_bytes": stat.used_bytes, "quota_bytes": stat.quota_bytes,
+                "chunks": stat.chunks, "pinned_chunks": stat.pinned_chunks,
+                "objects": self.index.count(),
+                "repairs_pending": self.repairs_pending}
+
+    # ---- GC ---------------------------------------------------------------------------------
+
+    async def _gc_loop(self) -> None:
+        while True:
+            await trio.sleep(self.config.gc_interval_s)
+            result = await trio.to_thread.run_sync(self.store.gc)
+            if result.removed:
+                log.info("GC removed %d unpinned chunks (%d bytes)", result.removed,
+                         result.freed_bytes)
+            self.refresh_metrics()
+
+    # ---- protocol ---------------------------------------------------------------------------
+
+    async def _request(self, peer: str, request: list[Any]) -> list[Any]:
+        with trio.fail_after(REQUEST_TIMEOUT_S):
+            stream = await self.network.open_stream(peer, PROTOCOL)
+            try:
+                await stream.write_frame(pack(request))
+                frame = await stream.read_frame(MAX_FRAME_BYTES)
+            finally:
+                await stream.close()
+        if frame is None:
+            raise ObjectError(f"peer {peer} closed the stream")
+        msg = unpack(frame, max_bytes=MAX_FRAME_BYTES, max_items=MAX_LIST + 8)
+        if not isinstance(msg, list) or len(msg) < 2 or msg[0] != VERSION or msg[1] != "ok":
+            raise ObjectError(f"peer {peer} answered {str(msg)[:100]}")
+        return msg[2:]
+
+    async def _serve(self, stream: Stream) -> None:
+        peer = stream.peer_id
+        try:
+            with trio.fail_after(REQUEST_TIMEOUT_S):
+                frame = await stream.read_frame(MAX_FRAME_BYTES)
+                if frame is None:
+                    return  # closed before asking anything: a broken connection
+                await stream.write_frame(pack(await self._answer(peer, frame)))
+        except (DecodeError, InvalidRecord, ValueError, TypeError) as exc:
+            self.network.book.penalise(peer, RECORD_PENALTY, f"bad objects request: {exc}")
+            try:
+                await stream.write_frame(pack([VERSION, "err", "bad_request", str(exc)[:300]]))
+            except Exception:
+                pass
+        except Exception as exc:
+            log.debug("objects stream from %s: %r", peer, exc)
+        finally:
+            try:
+                await stream.close()
+            except Exception:
+                pass
+
+    async def _answer(self, peer: str, frame: bytes) -> list[Any]:
+        msg = unpack(frame, max_bytes=MAX_FRAME_BYTES, max_items=16)
+        if not isinstance(msg, list) or len(msg) < 2 or msg[0] != VERSION:
+            raise DecodeError("expected [1, op, ...]")
+        op = msg[1]
+        if op == "record" and len(msg) == 3 and isinstance(msg[2], bytes):
+            offer = await self.offer_record(NameRecord.decode(msg[2], verify_by_node_id))
+            return [VERSION, "ok", offer.accepted, offer.reason]
+        if op == "resolve" and len(msg) == 3:
+            record = self.index.get(validate_name(msg[2]))
+            return [VERSION, "ok", None if record is None else record.encode()]
+        if op == "list" and len(msg) == 4 and isinstance(msg[2], str) and \
+                type(msg[3]) is int and 1 <= msg[3] <= MAX_LIST and len(msg[2]) <= 255:
+            return [VERSION, "ok", [r.encode() for r in self.index.all(msg[2], msg[3])]]
+        raise DecodeError(f"unknown or malformed op {str(op)[:32]!r}")
+
+
+def _holders(manifest: Manifest) -> list[str]:
+    seen: dict[str, None] = {}
+    for ref in manifest.segments:
+        for shard in ref.shards:
+            for h in shard.holders:
+                seen.setdefault(h)
+    return list(seen)
+
+
+def _checked_name(name: str) -> str:
+    try:
+        return validate_name(name)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from exc
+
+
+def _put_error(group: BaseExceptionGroup[Exception]) -> ObjectError:
+    """The one error an operator needs from a failed put (the first that says most)."""
+    from node.storage.segmenter import ObjectTooLarge
+
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for exc in leaves:
+        if isinstance(exc, ObjectTooLarge):
+            return TooLarge(str(exc))
+        if isinstance(exc, NotEnoughNodes):
+            return NeedMoreNodes(exc.needed, exc.available)
+        if isinstance(exc, ObjectError):
+            return exc
+    return PutFailed("; ".join(str(e) for e in leaves[:3]) or "put failed")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
