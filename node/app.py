@@ -36,6 +36,7 @@ from node.storage.chunks import ChunkStore
 from node.storage.exchange import ChunkExchange
 from node.storage.names import NameIndex
 from node.storage.objects import ObjectService
+from node.storage.repair import Repairer
 
 log = logging.getLogger("dcloud.node")
 
@@ -122,6 +123,7 @@ class Node(NodeView):
             if self.objects is not None:
                 self.objects.install()
                 await nursery.start(self.objects.run)
+                await nursery.start(Repairer(self.objects).run)
                 self.ready_services.add("storage")
             if self.config.api.enabled:
                 await nursery.start(self.api.run)

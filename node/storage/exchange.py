@@ -126,7 +126,7 @@ class ChunkExchange:
         self.network = network
         self.store = store
         self.metrics = metrics
-        self._breakers = BreakerRegistry(failure_threshold=3, cool_down_ms=10_000)
+        self._breakers = BreakerRegistry(failure_threshold=5, cool_down_ms=5_000)
         self._per_peer: dict[str, trio.Semaphore] = {}
 
     def install(self) -> None:

@@ -74,7 +74,8 @@ MAX_FRAME_BYTES = 512 * 1024
 MAX_LIST = 256
 REQUEST_TIMEOUT_S = 15.0
 PUT_SEGMENTS_IN_FLIGHT = 2
-SHARD_RETRIES = 3  # other nodes tried for a shard whose holder failed, during a put
+SAME_NODE_TRIES = 3  # pushes of a shard to its chosen node before the next in the ranking
+RECONNECT_WAIT_S = 5.0
 PUSH_TIMEOUT_S = 60.0
 RECORD_PENALTY = 10
 
@@ -157,8 +158,8 @@ class ObjectService:
         self.config = config
         self.metrics = metrics
         self.topic = f"dcloud/{chain_id}/objects"
-        self._members = members  # () -> MemberView list (node.gossip.swim), self included
-        self._leaders = leaders  # () -> region -> leader (node.gossip.leader)
+        self.members = members  # () -> MemberView list (node.gossip.swim), self included
+        self.leaders = leaders  # () -> region -> leader (node.gossip.leader)
         self._nursery: trio.Nursery | None = None
         self.repairs_pending = 0  # shards the last audit found lost (node.storage.repair)
 
@@ -182,7 +183,7 @@ class ObjectService:
     def candidates(self) -> list[Candidate]:
         """Live members that may hold shards (alive ones; ourselves always)."""
         out = {self.node_id: Candidate(self.node_id, self.region)}
-        for m in self._members():
+        for m in self.members():
             if m.state == "alive" and m.node_id not in out:
                 out[m.node_id] = Candidate(m.node_id, m.region)
         if len(out) == 1:
@@ -192,7 +193,7 @@ class ObjectService:
         return list(out.values())
 
     def member_states(self) -> dict[str, str]:
-        states = {m.node_id: m.state for m in self._members()}
+        states = {m.node_id: m.state for m in self.members()}
         states[self.node_id] = "alive"
         return states
 
@@ -244,14 +245,14 @@ class ObjectService:
             raise _put_error(group) from None
         manifest = Manifest(cutter.total, self.config.segment_bytes, Coding(k, m, coder.backend),
                             tuple(segments[i] for i in range(len(segments))), sealing)
-        await self._distribute_manifest(manifest)
-        record = new_record(name, manifest.id, manifest.size, self.node_id, _now_ms(),
+        await self.distribute_manifest(manifest)
+        record = new_record(name, manifest.id, manifest.size, self.node_id, now_ms(),
                             self.key.sign)
         offer = self.index.offer(record)
         if not offer.accepted:
             raise PutFailed(f"name record refused: {offer.reason}")
-        await self._after_change(record, offer.replaced)
-        await self._announce(record, _holders(manifest))
+        await self.after_change(record, offer.replaced)
+        await self.announce(record, holders_of(manifest))
         self.metrics.objects_put.inc()
         self.metrics.object_bytes_put.inc(manifest.size)
         log.info("put object %s: %d bytes, %d segments, manifest %s", name, manifest.size,
@@ -268,11 +269,9 @@ class ObjectService:
         lock = trio.Lock()
 
         async def push(i: int) -> None:
-            errors = []
-            for attempt in range(SHARD_RETRIES + 1):
-                node = holders[i]
-                if node is None:
-                    break
+            errors: list[str] = []
+            tries = 0
+            while (node := holders[i]) is not None:
                 try:
                     with trio.fail_after(PUSH_TIMEOUT_S):
                         await self.exchange.push(node, chunk_id_of(shards[i]), shards[i])
@@ -282,11 +281,13 @@ class ObjectService:
                 except Exception as exc:
                     log.info("shard push to %s failed: %s", node, exc)
                     errors.append(f"{node}: {exc}")
-                # A connection being replaced (two peers dialled each other) breaks the
-                # streams on it: the same node gets one more try before the next candidate.
-                if attempt == 0:
-                    await trio.sleep(0.5)
+                tries += 1
+                if tries < SAME_NODE_TRIES:
+                    # A connection being replaced (two peers that dialled each other, a
+                    # restart) breaks the streams on it: wait for the peer to be back.
+                    await self.wait_connected(node, RECONNECT_WAIT_S)
                     continue
+                tries = 0
                 async with lock:
                     holders[i] = next(spare, None)
             raise PutFailed(f"no node took shard {i}: {'; '.join(errors[-3:])}")
@@ -296,9 +297,17 @@ class ObjectService:
                 nursery.start_soon(push, i)
         return [h for h in holders if h is not None]
 
-    async def _distribute_manifest(self, manifest: Manifest) -> None:
+    async def wait_connected(self, peer: str, timeout_s: float) -> bool:
+        with trio.move_on_after(timeout_s):
+            await trio.sleep(0.2)
+            while not self.network.is_connected(peer):
+                await trio.sleep(0.1)
+            return True
+        return False
+
+    async def distribute_manifest(self, manifest: Manifest) -> None:
         data = manifest.encode()
-        targets = sorted(set(_holders(manifest)) | {self.node_id})
+        targets = sorted(set(holders_of(manifest)) | {self.node_id})
         failures: list[str] = []
 
         async def one(node: str) -> None:
@@ -316,7 +325,7 @@ class ObjectService:
         if len(failures) == len(targets):
             raise PutFailed(f"the manifest reached no node: {'; '.join(failures)}")
 
-    async def _announce(self, record: NameRecord, holders: Sequence[str]) -> None:
+    async def announce(self, record: NameRecord, holders: Sequence[str]) -> None:
         """Tell the object's holders directly (they pin on it), then everyone by gossip."""
         data = record.encode()
 
@@ -341,7 +350,7 @@ class ObjectService:
     async def offer_record(self, record: NameRecord) -> Offer:
         """Apply a record from a peer: judge it, check a repair's manifest, store, pin."""
         held = self.index.get(record.name)
-        verdict = judge(record, held, _now_ms())
+        verdict = judge(record, held, now_ms())
         if not verdict.accepted:
             return verdict
         same: Callable[[NameRecord, NameRecord], bool] | None = None
@@ -355,10 +364,10 @@ class ObjectService:
             same = lambda _held, _new: old.same_content(new)  # noqa: E731
         offer = self.index.offer(record, same_content=same)
         if offer.accepted:
-            await self._after_change(record, offer.replaced)
+            await self.after_change(record, offer.replaced)
         return offer
 
-    async def _after_change(self, record: NameRecord, replaced: NameRecord | None) -> None:
+    async def after_change(self, record: NameRecord, replaced: NameRecord | None) -> None:
         """Pin what we hold of the object now named, unpin what no name holds any more."""
         if replaced is not None and replaced.manifest_id != record.manifest_id:
             await trio.to_thread.run_sync(self.store.unpin_owner, owner_of(replaced.manifest_id))
@@ -585,18 +594,18 @@ class ObjectService:
         if record.creator != self.node_id:
             raise NotCreator(f"object {name!r} was put through node {record.creator}; "
                              "delete it there")
-        tomb = update_record(record, self.node_id, _now_ms(), self.key.sign, deleted=True)
+        tomb = update_record(record, self.node_id, now_ms(), self.key.sign, deleted=True)
         offer = self.index.offer(tomb)
         if not offer.accepted:
             raise ObjectError(f"delete refused: {offer.reason}")
         holders: list[str] = []
         if self.store.has(record.manifest_id):
             try:
-                holders = _holders(await self._local_manifest(record.manifest_id))
+                holders = holders_of(await self._local_manifest(record.manifest_id))
             except ObjectError:
                 pass
-        await self._after_change(tomb, offer.replaced)
-        await self._announce(tomb, holders)
+        await self.after_change(tomb, offer.replaced)
+        await self.announce(tomb, holders)
         return tomb
 
     # ---- status -----------------------------------------------------------------------------
@@ -732,7 +741,7 @@ class ObjectService:
         raise DecodeError(f"unknown or malformed op {str(op)[:32]!r}")
 
 
-def _holders(manifest: Manifest) -> list[str]:
+def holders_of(manifest: Manifest) -> list[str]:
     seen: dict[str, None] = {}
     for ref in manifest.segments:
         for shard in ref.shards:
@@ -772,5 +781,5 @@ def _put_error(group: BaseExceptionGroup[Exception]) -> ObjectError:
     return PutFailed("; ".join(str(e) for e in leaves[:3]) or "put failed")
 
 
-def _now_ms() -> int:
+def now_ms() -> int:
     return int(time.time() * 1000)
