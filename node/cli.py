@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="first port; node i uses base+10*i (p2p) and base+10*i+1 (HTTP)")
     up.add_argument("--regions", default=",".join(["us-east", "eu-west", "ap-south"]),
                     help="comma-separated regions, assigned to nodes in turn")
+    up.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="a config option for every node, written into its config.toml "
+                    "(repeatable), e.g. --set storage.audit_interval_s=5")
     up.add_argument("--timeout", type=float, default=90.0,
                     help="seconds to wait for every node to be ready (default 90)")
     down = tsub.add_parser("down", help="stop the testnet's nodes")
@@ -903,6 +906,22 @@ def cmd_object_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_settings(items: list[str]) -> dict[tuple[str, str], Any]:
+    """`--set section.key=value` options, checked and typed like any config override."""
+    from node.config import coerce, option_names
+
+    known = set(option_names())
+    out: dict[tuple[str, str], Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        section, dot, key = name.strip().partition(".")
+        if not sep or not dot or (section, key) not in known:
+            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE with a known option "
+                              "(see docs/configuration.md)")
+        out[(section, key)] = coerce(section, key, value, source="--set")
+    return out
+
+
 def cmd_testnet(args: argparse.Namespace) -> int:
     from node import testnet
 
@@ -910,7 +929,8 @@ def cmd_testnet(args: argparse.Namespace) -> int:
     if args.testnet_command == "up":
         regions = [r.strip() for r in args.regions.split(",") if r.strip()]
         return testnet.up(directory, nodes=args.nodes, base_port=args.base_port,
-                          timeout=args.timeout, regions=regions)
+                          timeout=args.timeout, regions=regions,
+                          overrides=_parse_settings(args.set))
     if args.testnet_command == "down":
         return testnet.down(directory, grace=args.grace)
     return testnet.status(directory)

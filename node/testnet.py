@@ -96,8 +96,10 @@ def save(directory: Path, nodes: list[TestnetNode]) -> None:
 
 
 def plan(directory: Path, count: int, base_port: int,
-         regions: list[str] | None = None) -> list[TestnetNode]:
-    """Create missing homes and return the testnet's nodes (not yet started)."""
+         regions: list[str] | None = None,
+         overrides: dict[tuple[str, str], Any] | None = None) -> list[TestnetNode]:
+    """Create missing homes and return the testnet's nodes (not yet started). `overrides`
+    ((section, key) -> value) go into every node's config.toml."""
     regions = regions or REGIONS
     nodes: list[TestnetNode] = []
     homes = [Home(directory / f"node{i}") for i in range(count)]
@@ -119,6 +121,7 @@ def plan(directory: Path, count: int, base_port: int,
             ("p2p", "max_peers"): max(count + 8, 16),
             ("api", "listen"): f"{HOST}:{http_port}",
             ("node", "log_format"): "json",
+            **(overrides or {}),
         }
         _write_testnet_config(home, f"node{i}", regions[i % len(regions)], settings)
         nodes.append(TestnetNode(
@@ -207,7 +210,8 @@ def fetch_status(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
 
 
 def up(directory: Path, *, nodes: int, base_port: int, timeout: float,
-       regions: list[str] | None = None) -> int:
+       regions: list[str] | None = None,
+       overrides: dict[tuple[str, str], Any] | None = None) -> int:
     if nodes < 1 or nodes > 64:
         raise TestnetError("--nodes must be between 1 and 64")
     if not 1024 <= base_port <= 65535 - 10 * nodes:
@@ -216,7 +220,7 @@ def up(directory: Path, *, nodes: int, base_port: int, timeout: float,
     previous = {}
     if (directory / TESTNET_FILE).exists():
         previous = {n.name: n for n in load(directory)}
-    members = plan(directory, nodes, base_port, regions)
+    members = plan(directory, nodes, base_port, regions, overrides)
     for node in members:
         old = previous.get(node.name)
         if old and pid_alive(old.pid) and _is_our_node(old.pid or 0, node.home):

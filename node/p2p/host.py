@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -34,6 +35,7 @@ from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import HEADER_SIZE as YAMUX_HEADER_SIZE
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
@@ -87,6 +89,9 @@ def _expand_wildcards(listen: list[multiaddr.Multiaddr]) -> list[multiaddr.Multi
     return out
 
 
+FRAME_WRITE_TIMEOUT_S = 60.0
+
+
 def _check_port_free(addr: multiaddr.Multiaddr) -> None:
     """Fail early and clearly if a TCP listen address is taken (see probe_tcp_listen)."""
     ip = addr.value_for_protocol(addr.protocols()[0].code)
@@ -99,6 +104,75 @@ def _check_port_free(addr: multiaddr.Multiaddr) -> None:
 def peer_id_of(key: Ed25519Key) -> str:
     """The libp2p peer id (base58) of a node key: the node's id everywhere."""
     return str(ID.from_pubkey(create_new_key_pair(key.seed).public_key).to_base58())
+
+
+class AtomicWriteYamux(Yamux):
+    """Yamux with one writer task per connection, so that writing never deadlocks the
+    reader and no frame is ever cut in half.
+
+    py-libp2p's Yamux writes every frame to the Noise connection under one lock, from the
+    caller's task, and its reader task (handle_incoming) writes too: the ACK of a new stream,
+    RSTs, ping answers. When both ends push bulk data, each side's socket fills, a writer
+    blocks holding the lock, the reader blocks on the lock behind it and stops reading, and
+    so does the peer's: a deadlock that only a timeout ends. That timeout then cancels a
+    write half-way (Noise encrypts, advancing its nonce, then sends each 64 KiB piece), the
+    peer fails to authenticate the next message and resets the connection, killing every
+    stream on it. Reproduced in one process with six 1 MiB pushes each way plus small
+    requests with short deadlines; seen on testnets as connection resets during puts.
+
+    Here frames go, in order, into a queue that a single writer task drains: a header-only
+    control frame (window update, ACK, RST, ping) is queued without waiting, so the reader
+    never blocks; a data frame waits until it is written (backpressure), and a caller
+    cancelled while waiting leaves its frame to be written whole. A write that does not
+    finish within FRAME_WRITE_TIMEOUT_S (the peer stopped reading) closes the connection.
+    """
+
+    _writer_queue: Any = None
+    _writer_error: BaseException | None = None
+
+    async def _write_frame(self, data: bytes) -> None:
+        nursery = self._nursery
+        if nursery is None:  # before start(): as py-libp2p does it, but never cut short
+            async with self._write_lock:
+                with trio.CancelScope(shield=True):
+                    await self.secured_conn.write(data)
+            return
+        if self._writer_queue is None:
+            send, recv = trio.open_memory_channel[tuple[bytes, trio.Event | None]](math.inf)
+            self._writer_queue = send
+            nursery.start_soon(self._writer, recv)
+        if self._writer_error is not None:
+            raise ConnectionError(f"connection writer failed: {self._writer_error!r}")
+        if len(data) <= YAMUX_HEADER_SIZE:
+            self._writer_queue.send_nowait((data, None))
+            await trio.lowlevel.checkpoint()
+            return
+        done = trio.Event()
+        self._writer_queue.send_nowait((data, done))
+        await done.wait()
+        if self._writer_error is not None:
+            raise ConnectionError(f"connection writer failed: {self._writer_error!r}")
+
+    async def _writer(self, queue: Any) -> None:
+        async for data, done in queue:
+            try:
+                if self._writer_error is None:
+                    with trio.move_on_after(FRAME_WRITE_TIMEOUT_S) as scope:
+                        await self.secured_conn.write(data)
+                    if scope.cancelled_caught:
+                        raise TimeoutError(f"a frame write did not finish in "
+                                           f"{FRAME_WRITE_TIMEOUT_S:.0f} s")
+            except Exception as exc:
+                self._writer_error = exc
+                log.info("closing the connection to %s: %r", self.peer_id, exc)
+                with trio.move_on_after(2):
+                    try:
+                        await self.secured_conn.close()
+                    except Exception:
+                        pass
+            finally:
+                if done is not None:
+                    done.set()
 
 
 class _CountingTCP(TCP):
@@ -195,7 +269,7 @@ class P2PNetwork:
             key_pair=self._key_pair,
             # Noise only: new_host would also offer plaintext (notes/libp2p.md trap 1).
             sec_opt={NOISE_PROTOCOL_ID: noise},
-            muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+            muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): AtomicWriteYamux},
             listen_addrs=self._listen,
             transports=[_CountingTCP(self.metrics)],
             # One connection per peer: dials take ~10 ms instead of 250 ms (trap 2).

@@ -7,6 +7,12 @@ from typing import Any
 import trio
 
 MAX_VARINT_BYTES = 10
+# Writes go to yamux in pieces that fit one Noise transport message (65,519 bytes of
+# plaintext, less yamux's 12-byte header), so that py-libp2p never splits a yamux frame over
+# several Noise messages. Under load (several streams moving MiB-sized frames while others
+# time out) peers failed to authenticate a Noise message and reset the connection; with
+# small pieces that became rarer, not gone (docs/decisions.md).
+WRITE_PIECE_BYTES = 65_000
 
 
 class StreamError(Exception):
@@ -109,7 +115,10 @@ class Stream:
 
     async def write(self, data: bytes) -> None:
         try:
-            await self._raw.write(data)
+            # One yamux frame per Noise message (see WRITE_PIECE_BYTES).
+            view = memoryview(data)
+            for start in range(0, len(data), WRITE_PIECE_BYTES):
+                await self._raw.write(bytes(view[start:start + WRITE_PIECE_BYTES]))
         except trio.Cancelled:
             raise
         except Exception as exc:

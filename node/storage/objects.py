@@ -181,10 +181,12 @@ class ObjectService:
     # ---- members ----------------------------------------------------------------------------
 
     def candidates(self) -> list[Candidate]:
-        """Live members that may hold shards (alive ones; ourselves always)."""
+        """Live members that may hold shards (alive or suspect, as for leadership: a
+        suspicion is often wrong and a push to a node that is gone moves on; ourselves
+        always)."""
         out = {self.node_id: Candidate(self.node_id, self.region)}
         for m in self.members():
-            if m.state == "alive" and m.node_id not in out:
+            if m.state in ("alive", "suspect") and m.node_id not in out:
                 out[m.node_id] = Candidate(m.node_id, m.region)
         if len(out) == 1:
             # No membership view (yet): the connected peers, in our region as far as we know.
@@ -337,9 +339,11 @@ class ObjectService:
             except Exception as exc:  # it will hear by gossip; repair covers the rest
                 log.info("record to %s failed: %s", node, exc)
 
+        states = self.member_states()
         async with trio.open_nursery() as nursery:
             for node in sorted(set(holders) - {self.node_id}):
-                nursery.start_soon(one, node)
+                if states.get(node, "alive") in ("alive", "suspect"):  # the dead hear later
+                    nursery.start_soon(one, node)
         try:
             await self.network.publish(self.topic, data)
         except Exception as exc:
@@ -350,6 +354,11 @@ class ObjectService:
     async def offer_record(self, record: NameRecord) -> Offer:
         """Apply a record from a peer: judge it, check a repair's manifest, store, pin."""
         held = self.index.get(record.name)
+        if held == record:
+            # Heard again (gossip, index sync): pin what we hold of it, in case the first
+            # time came before the chunks did.
+            await self.after_change(record, None)
+            return Offer(False, "already held")
         verdict = judge(record, held, now_ms())
         if not verdict.accepted:
             return verdict
@@ -525,16 +534,19 @@ class ObjectService:
                 for i in range(first, last + 1):
                     await send.send(await self.segment(manifest, i, key))
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(produce)
-            async with recv:
-                i = first
-                async for plain in recv:
-                    lo = start - i * seg if i == first else 0
-                    hi = end - i * seg if i == last else len(plain)
-                    await write(plain[lo:hi])
-                    self.metrics.object_bytes_got.inc(hi - lo)
-                    i += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(produce)
+                async with recv:
+                    i = first
+                    async for plain in recv:
+                        lo = start - i * seg if i == first else 0
+                        hi = end - i * seg if i == last else len(plain)
+                        await write(plain[lo:hi])
+                        self.metrics.object_bytes_got.inc(hi - lo)
+                        i += 1
+        except BaseExceptionGroup as group:
+            raise _first_object_error(group) from None
 
     async def segment(self, manifest: Manifest, index: int, key: bytes | None) -> bytes:
         """Segment `index` in plaintext, from any k of its shards."""
@@ -634,8 +646,9 @@ class ObjectService:
                             has = await self.exchange.have(holder, part)
                 except trio.Cancelled:
                     raise
-                except Exception:
-                    has = [False] * len(part)
+                except Exception as exc:  # no answer: unknown, not missing
+                    log.info("holder %s did not answer have: %r", holder, exc)
+                    continue
                 answers.update({(holder, i): h for i, h in zip(part, has, strict=True)})
 
         async with trio.open_nursery() as nursery:
@@ -646,9 +659,9 @@ class ObjectService:
             shards = []
             for i, shard in enumerate(ref.shards):
                 holders = [{"node_id": h, "state": states.get(h, "unknown"),
-                            "has": answers.get((h, shard.chunk_id), False)}
+                            "has": answers.get((h, shard.chunk_id))}  # None: no answer
                            for h in shard.holders]
-                ok = any(h["has"] for h in holders)
+                ok = any(h["has"] is True for h in holders)
                 healthy += ok
                 total += 1
                 shards.append({"index": i, "chunk_id": shard.chunk_id, "holders": holders,
@@ -755,6 +768,17 @@ def _checked_name(name: str) -> str:
         return validate_name(name)
     except ValueError as exc:
         raise BadRequest(str(exc)) from exc
+
+
+def _first_object_error(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The ObjectError inside a nursery's exception group (else the group itself)."""
+    match, _ = group.split(ObjectError)
+    while match is not None:
+        inner = match.exceptions[0]
+        if not isinstance(inner, BaseExceptionGroup):
+            return inner
+        match = inner
+    return group
 
 
 def _put_error(group: BaseExceptionGroup[Exception]) -> ObjectError:

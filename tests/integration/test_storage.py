@@ -1,0 +1,220 @@
+"""Erasure-coded objects on a 6-process testnet (k=4, m=2), through the CLI and the HTTP API:
+put on node0; kill -9 two shard holders and get it byte-identical from another node; the
+responsible node repairs the lost shards; a shard corrupted on disk is found and rebuilt; an
+interrupted put leaves nothing visible and, after GC, no chunk behind; delete unpins."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import cli, http_get, http_request, wait_for
+
+pytestmark = pytest.mark.slow
+
+MIB = 1024 * 1024
+REPAIR_BOUND_S = 90  # death detected (~15 s) + an audit round (2 s here) + rebuild
+GC_BOUND_S = 90  # the 30 s grace, then a GC round
+
+
+# Fast audits and GC for the test, in every node's config.toml. The grace must outlast a
+# put: chunks are pinned only once the object's record exists.
+FAST = ("--set", "storage.audit_interval_s=2", "--set", "storage.gc_interval_s=2",
+        "--set", "storage.gc_grace_s=30")
+
+
+def start(testnet_factory) -> list[dict]:
+    """Six nodes, up and all alive in every node's membership view (placement needs it)."""
+    net = testnet_factory(6)
+    net.up(120, *FAST)
+    members = net.members()
+
+    def all_alive() -> bool:
+        for m in members:
+            code, doc = http_get(f"{m['http_url']}/members")
+            if code != 200 or sum(x["state"] == "alive" for x in doc["members"]) != 6:
+                return False
+        return True
+
+    wait_for(all_alive, 30, "six alive members on every node")
+    return members
+
+
+def status(member: dict, name: str) -> dict:
+    code, doc = http_get(f"{member['http_url']}/objects/{name}/status", timeout=30)
+    assert code == 200, doc
+    return doc
+
+
+def storage(member: dict) -> dict:
+    return http_get(f"{member['http_url']}/status")[1]["storage"]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(MIB):
+            h.update(block)
+    return h.hexdigest()
+
+
+def holders(doc: dict) -> set[str]:
+    return {h["node_id"] for seg in doc["segments"] for sh in seg["shards"]
+            for h in sh["holders"]}
+
+
+def fully_healthy(member: dict, name: str) -> dict | None:
+    doc = status(member, name)
+    return doc if doc["healthy_shards"] == doc["total_shards"] else None
+
+
+def test_put_lose_two_nodes_get_repair_corruption_and_delete(testnet_factory, tmp_path):
+    members = start(testnet_factory)
+    node0, node5 = members[0], members[5]
+    data = tmp_path / "data.bin"
+    data.write_bytes(os.urandom(32 * MIB))
+    digest = sha256_file(data)
+
+    put = json.loads(cli("object", "put", str(data), "--name", "backups/data.bin", "--json",
+                         "--url", node0["http_url"], timeout=180).stdout)
+    assert put["size"] == 32 * MIB and put["segments"] == 8 and (put["k"], put["m"]) == (4, 2)
+
+    # Every node learns the name (gossip or index sync) and can list it.
+    wait_for(lambda: all("backups/data.bin" in cli("object", "ls", "--url", m["http_url"]).stdout
+                         for m in members), 30, "every node to list the object")
+    doc = wait_for(lambda: fully_healthy(node5, "backups/data.bin"), 30,
+                   "every holder to confirm its shards")
+    assert doc["healthy_shards"] == doc["total_shards"] == 48
+    assert len(holders(doc)) == 6  # k+m distinct nodes hold each segment
+
+    # kill -9 two shard holders (neither node0 nor node5): the object is whole from node5.
+    victims = [m for m in members[1:5]][:2]
+    for v in victims:
+        os.kill(v["pid"], signal.SIGKILL)
+    alive = [m for m in members if m not in victims]
+    out = tmp_path / "back.bin"
+    cli("object", "get", "backups/data.bin", "-o", str(out), "--url", node5["http_url"],
+        timeout=180)
+    assert sha256_file(out) == digest
+
+    # A Range asks only for the segments it covers.
+    req = http.client.HTTPConnection(node5["http_url"].removeprefix("http://"), timeout=60)
+    req.request("GET", "/objects/backups/data.bin", headers={"Range": "bytes=5000000-5000099"})
+    resp = req.getresponse()
+    assert resp.status == 206 and resp.getheader("Content-Range") == \
+        f"bytes 5000000-5000099/{32 * MIB}"
+    with open(data, "rb") as f:
+        f.seek(5_000_000)
+        assert resp.read() == f.read(100)
+    req.close()
+
+    # The responsible node rebuilds the 16 lost shards onto live nodes; everyone takes the
+    # repaired manifest.
+    repaired = wait_for(lambda: fully_healthy(node5, "backups/data.bin"), REPAIR_BOUND_S,
+                        "the lost shards to be repaired")
+    assert repaired["manifest_id"] != put["manifest_id"]
+    assert not holders(repaired) & {v["peer_id"] for v in victims}
+
+    # Corrupt one shard file on a live holder's disk: scrub drops it, repair puts it back.
+    seg = repaired["segments"][3]["shards"][1]
+    holder = next(m for m in alive if m["peer_id"] == seg["holders"][0]["node_id"])
+    path = Path(holder["home"]) / "data" / "chunks" / seg["chunk_id"][:2] / seg["chunk_id"]
+    damaged = bytearray(path.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    wait_for(lambda: path.exists() and sha256_file(path) == seg["chunk_id"], REPAIR_BOUND_S,
+             "the corrupted shard to be rebuilt")
+    cli("object", "get", "backups/data.bin", "-o", str(out), "--url", alive[1]["http_url"],
+        timeout=180)
+    assert sha256_file(out) == digest
+
+    # With 4 live nodes a k+m=6 put is refused before anything is written.
+    before = [storage(m)["chunks"] for m in alive]
+    code, err = http_request("PUT", f"{node0['http_url']}/objects/too-few", b"x" * 1000)
+    assert code == 503 and err["code"] == "not_enough_nodes" and err["needed"] == 6
+    assert [storage(m)["chunks"] for m in alive] == before
+
+    # Delete through the node that put it: gone everywhere; its chunks are unpinned and GC'd.
+    proc = cli("object", "rm", "backups/data.bin", "--url", alive[1]["http_url"], check=False)
+    assert proc.returncode != 0 and "put through node" in proc.stderr
+    cli("object", "rm", "backups/data.bin", "--url", node0["http_url"])
+    wait_for(lambda: all(storage(m)["objects"] == 0 for m in alive), 30,
+             "every node to drop the name")
+    assert http_get(f"{node5['http_url']}/objects/backups/data.bin")[0] == 404
+    wait_for(lambda: all(storage(m)["chunks"] == 0 for m in alive), GC_BOUND_S,
+             "GC to remove the deleted object's chunks")
+
+
+def test_interrupted_puts_leave_nothing_and_bad_requests_are_refused(testnet_factory,
+                                                                     tmp_path):
+    members = start(testnet_factory)
+    node0 = members[0]
+    host = node0["http_url"].removeprefix("http://")
+
+    # A client that goes away half-way through its upload.
+    conn = http.client.HTTPConnection(host, timeout=30)
+    conn.putrequest("PUT", "/objects/half.bin")
+    conn.putheader("Content-Length", str(32 * MIB))
+    conn.endheaders()
+    for _ in range(12):
+        conn.send(os.urandom(MIB))
+    conn.sock.close()
+
+    # A node killed in the middle of a put it coordinates.
+    victim = members[1]
+    conn = http.client.HTTPConnection(victim["http_url"].removeprefix("http://"), timeout=30)
+    conn.putrequest("PUT", "/objects/killed.bin")
+    conn.putheader("Content-Length", str(32 * MIB))
+    conn.endheaders()
+    for _ in range(12):
+        conn.send(os.urandom(MIB))
+    os.kill(victim["pid"], signal.SIGKILL)
+    conn.close()
+    alive = [m for m in members if m is not victim]
+
+    # Neither is visible anywhere, and GC leaves no chunk behind (no unpinned leftovers).
+    for m in alive:
+        listed = http_get(f"{m['http_url']}/objects")[1]["objects"]
+        assert listed == [], (m["name"], listed)
+        assert http_get(f"{m['http_url']}/objects/half.bin")[0] == 404
+    wait_for(lambda: all(storage(m)["chunks"] == 0 for m in alive), GC_BOUND_S,
+             "GC to remove the chunks of the interrupted puts")
+
+    # Bad names, bad coding, oversized bodies, encrypted objects without their key.
+    for name in ("..", ".hidden", "a//b", "x%20y"):
+        code, err = http_request("PUT", f"{node0['http_url']}/objects/{name}", b"data")
+        assert code in (400, 404), (name, code, err)
+    code, err = http_request("PUT", f"{node0['http_url']}/objects/ok.bin?k=0", b"data")
+    assert code == 400 and err["code"] == "bad_request"
+    conn = http.client.HTTPConnection(host, timeout=30)
+    conn.putrequest("PUT", "/objects/huge.bin")
+    conn.putheader("Content-Length", str(2 * 1024 * MIB))
+    conn.endheaders()
+    resp = conn.getresponse()
+    assert resp.status == 413 and json.loads(resp.read())["code"] == "too_large"
+    conn.close()
+
+    key = tmp_path / "object.key"
+    cli("object", "keygen", str(key))
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(os.urandom(3 * MIB + 5))
+    cli("object", "put", str(secret), "--encrypt-key", str(key), "--url", node0["http_url"],
+        "--k", "3", "--m", "2", timeout=120)
+    code, err = http_get(f"{alive[2]['http_url']}/objects/secret.txt")
+    assert code == 403 and err["code"] == "key_required"
+    out = tmp_path / "secret.back"
+    cli("object", "get", "secret.txt", "-o", str(out), "--decrypt-key", str(key),
+        "--url", alive[2]["http_url"], timeout=120)
+    assert out.read_bytes() == secret.read_bytes()
+    # Storage nodes hold ciphertext only: no shard contains a plaintext block.
+    probe = secret.read_bytes()[MIB:MIB + 64]
+    for m in alive:
+        chunks = Path(m["home"]) / "data" / "chunks"
+        for f in chunks.glob("??/*"):
+            assert probe not in f.read_bytes()
