@@ -15,17 +15,28 @@ checked byte-exact. MB/s are of payload, median of --runs runs, one thread.
 --tuned-malloc re-runs the process with glibc told to keep freed memory (fresh multi-MiB
 buffers otherwise cost page faults on every segment), to show the codec's ceiling.
 
-Network section: end-to-end put/get MB/s on a 6-node loopback testnet next to raw libp2p
-stream throughput measured in the same run. Not written yet: `network_section` is its place.
+Network section: end-to-end put (on node0) and get (from node3) MB/s of one object over HTTP
+on a 6-node loopback testnet (`dcloud-node testnet up`, RS(4,2), all processes on the same
+2 cores), next to the raw libp2p stream throughput between two processes measured in the
+same run (a bare host that discards what it reads; written 1 MiB at a time through
+node.p2p.Stream, as the chunk exchange writes).
+
+    .venv/bin/python bench/storage.py --skip-codec [--payload-mib 64] [--net-runs 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import os
+import shutil
+import socket
 import statistics
+import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,9 +149,197 @@ def codec_section(args: argparse.Namespace) -> None:
     print(f"target: encode and decode above {TARGET_MB_S} MB/s per core")
 
 
+RAW_PROTOCOL = "/dcloud/bench/raw/0.1.0"
+
+
+async def _raw_server(port: int, ready_file: str) -> None:
+    """Child process: a bare libp2p host that reads and discards every raw bench stream."""
+    import trio
+    from prometheus_client import CollectorRegistry
+
+    from node.config import P2PSection, defaults
+    from node.crypto import Ed25519Key
+    from node.metrics import P2PMetrics
+    from node.p2p import P2PNetwork
+
+    cfg = dict(defaults()["p2p"])
+    cfg.update(listen_addrs=[f"/ip4/127.0.0.1/tcp/{port}"], bootstrap=[])
+    net = P2PNetwork(Ed25519Key.generate(), P2PSection(**cfg), P2PMetrics(CollectorRegistry()))
+
+    async def sink(stream) -> None:
+        total = 0
+        while block := await stream.read(1 << 20):
+            total += len(block)
+        await stream.write(str(total).encode())
+        await stream.close()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        net.set_handler(RAW_PROTOCOL, sink)
+        Path(ready_file).write_text(net.listen_addrs()[0])
+        await trio.sleep_forever()
+
+
+def raw_stream_mb_s(total_mib: int, runs: int) -> list[float]:
+    """One-way libp2p stream throughput between two processes, written as the chunk
+    exchange writes (node.p2p.Stream in 1 MiB writes)."""
+    import tempfile
+
+    import trio
+    from prometheus_client import CollectorRegistry
+
+    from node.config import P2PSection, defaults
+    from node.crypto import Ed25519Key
+    from node.metrics import P2PMetrics
+    from node.p2p import P2PNetwork
+
+    port = _free_port()
+    ready = Path(tempfile.mkdtemp()) / "addr"
+    child = subprocess.Popen([sys.executable, __file__, "--raw-server", str(port), str(ready)])
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            if time.monotonic() > deadline or child.poll() is not None:
+                raise RuntimeError("raw stream server did not start")
+            time.sleep(0.1)
+        addr = ready.read_text()
+        results: list[float] = []
+
+        async def client() -> None:
+            cfg = dict(defaults()["p2p"])
+            cfg.update(listen_addrs=[f"/ip4/127.0.0.1/tcp/{_free_port()}"], bootstrap=[addr])
+            net = P2PNetwork(Ed25519Key.generate(), P2PSection(**cfg),
+                             P2PMetrics(CollectorRegistry()))
+            peer = addr.rsplit("/p2p/", 1)[1]
+            block = os.urandom(MIB)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(net.run)
+                with trio.fail_after(30):
+                    while peer not in net.connected_peer_ids():
+                        await trio.sleep(0.05)
+                for _ in range(runs):
+                    started = time.perf_counter()
+                    stream = await net.open_stream(peer, RAW_PROTOCOL)
+                    for _ in range(total_mib):
+                        await stream.write(block)
+                    await stream.close()
+                    echoed = await stream.read(64)
+                    took = time.perf_counter() - started
+                    assert int(echoed) == total_mib * MIB, echoed
+                    results.append(total_mib * MIB / took / 1e6)
+                nursery.cancel_scope.cancel()
+
+        trio.run(client)
+        return results
+    finally:
+        child.terminate()
+        child.wait(10)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _http(url: str, method: str, path: str, body_file: Path | None = None,
+          out: bool = False) -> tuple[int, int]:
+    """(status, bytes received) of one streamed request."""
+    host = url.removeprefix("http://")
+    conn = http.client.HTTPConnection(host, timeout=600)
+    if body_file is not None:
+        conn.putrequest(method, path)
+        conn.putheader("Content-Length", str(body_file.stat().st_size))
+        conn.endheaders()
+        with open(body_file, "rb") as f:
+            while block := f.read(MIB):
+                conn.send(block)
+    else:
+        conn.request(method, path)
+    resp = conn.getresponse()
+    got = 0
+    while block := resp.read(MIB):
+        got += len(block)
+    conn.close()
+    return resp.status, got
+
+
 def network_section(args: argparse.Namespace) -> None:
     """End-to-end put/get on a 6-node loopback testnet vs raw libp2p stream throughput."""
-    print("network section: not implemented yet (run with --skip-network)")
+    import tempfile
+
+    size = args.payload_mib * MIB
+    print(f"\nNetwork: raw libp2p stream between two processes, {args.payload_mib} MiB, "
+          f"{args.net_runs} runs")
+    raw = raw_stream_mb_s(args.payload_mib, args.net_runs)
+    print("  raw stream MB/s: " + ", ".join(f"{x:.0f}" for x in raw))
+    work = Path(tempfile.mkdtemp(prefix="dcloud-bench-storage-"))
+    base = _free_port_block(62)
+    payload = work / "payload.bin"
+    with open(payload, "wb") as f:
+        for _ in range(args.payload_mib):
+            f.write(os.urandom(MIB))
+    cli = [sys.executable, "-m", "node", "testnet"]
+    print(f"  6-node testnet in {work}, base port {base}")
+    subprocess.run([*cli, "up", "--nodes", "6", "--dir", str(work / "net"), "--base-port",
+                    str(base), "--timeout", "180"], check=True, stdout=subprocess.DEVNULL)
+    try:
+        members = json.loads((work / "net" / "testnet.json").read_text())
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            views = []
+            for m in members:
+                with urllib.request.urlopen(f"{m['http_url']}/members", timeout=5) as r:
+                    views.append(sum(x["state"] == "alive" for x in json.load(r)["members"]))
+            if all(v == 6 for v in views):
+                break
+            time.sleep(1)
+        puts, gets = [], []
+        for run in range(args.net_runs):
+            started = time.perf_counter()
+            status, _ = _http(members[0]["http_url"], "PUT", f"/objects/bench-{run}", payload)
+            put_s = time.perf_counter() - started
+            if status != 201:
+                print(f"  run {run}: put failed with HTTP {status}")
+                continue
+            started = time.perf_counter()
+            status, got = _http(members[3]["http_url"], "GET", f"/objects/bench-{run}")
+            get_s = time.perf_counter() - started
+            if status != 200 or got != size:
+                print(f"  run {run}: get failed (HTTP {status}, {got} bytes)")
+                continue
+            puts.append(size / put_s / 1e6)
+            gets.append(size / get_s / 1e6)
+            print(f"  run {run}: put {puts[-1]:.1f} MB/s, get {gets[-1]:.1f} MB/s")
+    finally:
+        subprocess.run([*cli, "down", "--dir", str(work / "net")], stdout=subprocess.DEVNULL)
+        shutil.rmtree(work, ignore_errors=True)
+    ref = statistics.median(raw)
+    print(f"\nEnd to end, RS(4,2) over 6 processes on 2 cores, {args.payload_mib} MiB object "
+          f"(median of {len(gets)} runs); reference = raw stream {ref:.0f} MB/s")
+    print(f"{'':6}{'MB/s':>8}{'x raw':>8}")
+    for label, values in (("put", puts), ("get", gets)):
+        if values:
+            v = statistics.median(values)
+            print(f"{label:6}{v:8.1f}{v / ref:8.2f}")
+
+
+def _free_port_block(count: int) -> int:
+    import random
+
+    for _ in range(200):
+        base = random.randrange(30000, 60000 - count)
+        ok = True
+        for port in range(base, base + count):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free port block")
 
 
 def parse_coding(text: str) -> tuple[int, int]:
@@ -160,7 +359,15 @@ def main() -> None:
     parser.add_argument("--skip-codec", action="store_true")
     parser.add_argument("--tuned-malloc", action="store_true",
                         help="re-run with glibc malloc keeping freed memory")
+    parser.add_argument("--net-runs", type=int, default=2, help="put/get runs on the testnet")
+    parser.add_argument("--raw-server", nargs=2, metavar=("PORT", "READY_FILE"),
+                        help=argparse.SUPPRESS)  # the raw stream reference's other process
     args = parser.parse_args()
+    if args.raw_server:
+        import trio
+
+        trio.run(_raw_server, int(args.raw_server[0]), args.raw_server[1])
+        return
     if args.tuned_malloc and any(os.environ.get(k) != v for k, v in TUNED_MALLOC.items()):
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **TUNED_MALLOC})
     if not args.skip_codec:
