@@ -471,12 +471,15 @@ class ChunkStore:
             return self._db.execute("SELECT 1 FROM pins WHERE chunk_id = ? LIMIT 1",
                                     (chunk_id,)).fetchone() is not None
 
+    def pinned_ids(self) -> list[str]:
+        """Every pinned chunk id, in order (whether or not its file is here)."""
+        with self._lock:
+            return [r[0] for r in self._db.execute(
+                "SELECT DISTINCT chunk_id FROM pins ORDER BY chunk_id")]
+
     def missing_pinned(self) -> list[str]:
         """Pinned chunk ids with no intact file here: what repair has to fetch."""
-        with self._lock:
-            ids = [r[0] for r in self._db.execute(
-                "SELECT DISTINCT chunk_id FROM pins ORDER BY chunk_id")]
-        return [c for c in ids if not self.has(c)]
+        return [c for c in self.pinned_ids() if not self.has(c)]
 
     # ---- garbage collection ---------------------------------------------------------------
 

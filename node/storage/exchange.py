@@ -57,6 +57,7 @@ REQUEST_TIMEOUT_S = 30.0
 PER_PEER_STREAMS = 4
 BAD_DATA_PENALTY = 40
 BAD_REQUEST_PENALTY = 10
+PROVIDE_TIMEOUT_S = 10.0
 
 
 class ExchangeError(Exception):
@@ -374,6 +375,41 @@ class ChunkExchange:
             except Exception as exc:
                 errors.append(str(exc))
         raise ExchangeError(f"chunk {chunk_id[:16]} from nobody: {'; '.join(errors) or 'no peers'}")
+
+    # ---- DHT provider records --------------------------------------------------------------
+
+    async def announce(self, chunk_ids: Iterable[str]) -> int:
+        """Publish a DHT provider record for each chunk id (we hold it); returns how many."""
+        done = 0
+        for chunk_id in chunk_ids:
+            try:
+                with trio.fail_after(PROVIDE_TIMEOUT_S):
+                    if await self.network.provide(validate_chunk_id(chunk_id)):
+                        done += 1
+            except trio.Cancelled:
+                raise
+            except Exception as exc:
+                log.debug("provide %s failed: %r", chunk_id[:16], exc)
+        return done
+
+    async def providers(self, chunk_id: str) -> list[str]:
+        """Peers that announced `chunk_id` in the DHT (never us), bounded in time."""
+        try:
+            with trio.fail_after(PROVIDE_TIMEOUT_S):
+                found = await self.network.find_providers(validate_chunk_id(chunk_id), 8)
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            log.debug("find providers of %s failed: %r", chunk_id[:16], exc)
+            return []
+        return [p for p in found if p != self.network.peer_id]
+
+    async def fetch_found(self, chunk_id: str, max_bytes: int,
+                          tried: Iterable[str] = ()) -> bytes:
+        """The chunk from a provider the DHT names, other than those already `tried`."""
+        skip = set(tried)
+        peers = [p for p in await self.providers(chunk_id) if p not in skip]
+        return await self.fetch_any(peers, chunk_id, max_bytes)
 
     async def push(self, peer: str, chunk_id: str, data: bytes) -> None:
         """Store `data` (whose id is `chunk_id`) on `peer`; returns once it is on its disk."""

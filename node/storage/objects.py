@@ -42,7 +42,7 @@ from node.p2p import P2PNetwork, Stream
 from node.p2p.addrs import verify_by_node_id
 from node.storage.chunks import ChunkStore, ChunkStoreError, chunk_id_of
 from node.storage.erasure import ErasureError, SegmentCoder
-from node.storage.exchange import ChunkExchange
+from node.storage.exchange import ChunkExchange, ExchangeError
 from node.storage.manifest import (
     MAX_MANIFEST_BYTES,
     Coding,
@@ -78,6 +78,9 @@ SAME_NODE_TRIES = 3  # pushes of a shard to its chosen node before the next in t
 RECONNECT_WAIT_S = 5.0
 PUSH_TIMEOUT_S = 60.0
 RECORD_PENALTY = 10
+PROVIDE_INTERVAL_S = 10.0
+PROVIDE_PER_ROUND = 64
+REPROVIDE_S = 3600.0
 
 
 class ObjectError(Exception):
@@ -175,6 +178,7 @@ class ObjectService:
             nursery.start_soon(self._read_gossip)
             nursery.start_soon(self._gc_loop)
             nursery.start_soon(self._sync_index)
+            nursery.start_soon(self._provide_loop)
             self.refresh_metrics()
             task_status.started()
 
@@ -493,7 +497,10 @@ class ObjectService:
             if p not in seen and p != self.node_id:
                 seen.append(p)
         try:
-            data = await self.exchange.fetch_any(seen, mid, MAX_MANIFEST_BYTES)
+            try:
+                data = await self.exchange.fetch_any(seen, mid, MAX_MANIFEST_BYTES)
+            except ExchangeError:  # the likely holders failed: ask the DHT who has it
+                data = await self.exchange.fetch_found(mid, MAX_MANIFEST_BYTES, seen)
             manifest = Manifest.decode(data, expected_id=mid)
         except Exception as exc:
             raise GetFailed(f"manifest {mid[:16]} of {record.name!r}: {exc}") from exc
@@ -567,8 +574,8 @@ class ObjectService:
         except Exception as exc:
             raise KeyRequired(f"segment {index} does not open with this key: {exc}") from exc
 
-    async def fetch_shards(self, ref: SegmentRef, k: int,
-                           skip: Sequence[int] = ()) -> dict[int, bytes]:
+    async def fetch_shards(self, ref: SegmentRef, k: int, skip: Sequence[int] = (),
+                           use_dht: bool = False) -> dict[int, bytes]:
         """Any k shards of a segment (data shards first), each checked against its hash."""
         got: dict[int, bytes] = {}
         order = [i for i in range(len(ref.shards)) if i not in skip]
@@ -579,10 +586,20 @@ class ObjectService:
             try:
                 got[i] = await self.exchange.fetch_any(list(shard.holders) or [self.node_id],
                                                        shard.chunk_id, shard.size)
+                return
             except trio.Cancelled:
                 raise
             except Exception as exc:
                 failed.append(f"shard {i}: {exc}")
+            if not use_dht:
+                return
+            try:  # its holder failed: somebody else may hold a copy (a repair in flight)
+                got[i] = await self.exchange.fetch_found(shard.chunk_id, shard.size,
+                                                         shard.holders)
+            except trio.Cancelled:
+                raise
+            except Exception as exc:
+                failed.append(f"shard {i} via the DHT: {exc}")
 
         pending = iter(order)
         wave = [i for _, i in zip(range(k), pending, strict=False)]
@@ -592,6 +609,10 @@ class ObjectService:
                     nursery.start_soon(one, i)
             missing = k - len(got)
             wave = [i for _, i in zip(range(missing), pending, strict=False)] if missing else []
+        if len(got) < k and not use_dht:
+            # Not enough from the holders the manifest names: once more, asking the DHT
+            # for every shard still missing.
+            return await self.fetch_shards(ref, k, skip, use_dht=True)
         if len(got) < k:
             raise GetFailed(f"only {len(got)} of the k={k} shards needed could be fetched: "
                             f"{'; '.join(failed)}")
@@ -686,6 +707,27 @@ class ObjectService:
                 "chunks": stat.chunks, "pinned_chunks": stat.pinned_chunks,
                 "objects": self.index.count(),
                 "repairs_pending": self.repairs_pending}
+
+    # ---- DHT announcements -------------------------------------------------------------------
+
+    async def _provide_loop(self) -> None:
+        """Announce, as DHT provider records, the manifests and shards we hold pinned (new
+        ones each round, at most PROVIDE_PER_ROUND; all of them again every hour, since
+        provider records expire)."""
+        announced: dict[str, float] = {}
+        while True:
+            await trio.sleep(PROVIDE_INTERVAL_S)
+            now = time.monotonic()
+            pinned = [c for c in await trio.to_thread.run_sync(self.store.pinned_ids)
+                      if self.store.has(c)]
+            due = [c for c in pinned if now - announced.get(c, -1e9) > REPROVIDE_S]
+            batch = due[:PROVIDE_PER_ROUND]
+            if batch:
+                await self.exchange.announce(batch)
+                announced.update((c, now) for c in batch)
+            held = set(pinned)
+            for c in [c for c in announced if c not in held]:
+                del announced[c]
 
     # ---- GC ---------------------------------------------------------------------------------
 

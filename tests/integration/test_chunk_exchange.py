@@ -134,3 +134,17 @@ async def test_malformed_requests_are_refused_and_cost_the_sender(tmp_path: Path
             assert answer is not None and b"bad_request" in answer, (request, answer)
         score = {p.peer_id: p.score for p in server.network.book.snapshot()}.get(me)
         assert score is not None and score < 0 or server.network.book.is_banned(me)
+
+
+async def test_a_chunk_announced_in_the_dht_is_found_and_fetched(tmp_path: Path) -> None:
+    data = os.urandom(200_000)
+    chunk_id = chunk_id_of(data)
+    async with two_nodes(tmp_path) as (client, server):
+        server.store.put(data)
+        assert await client.providers(chunk_id) == []
+        with trio.fail_after(30):
+            while await server.announce([chunk_id]) != 1:
+                await trio.sleep(0.5)  # the DHT needs its routing table first
+            while server.network.peer_id not in await client.providers(chunk_id):
+                await trio.sleep(0.5)
+        assert await client.fetch_found(chunk_id, len(data)) == data
