@@ -23,6 +23,7 @@ from node.consensus.mempool import Mempool
 from node.consensus.store import BlockStore
 from node.consensus.wal import ConsensusWAL
 from node.crypto import Ed25519Key, read_key_file
+from node.errors import leaves
 from node.gossip.service import MembershipService
 from node.home import Home, HomeLock
 from node.ledger.app import LedgerApp, LedgerParams
@@ -192,17 +193,8 @@ class Node(NodeView):
 
 
 def _only_leaf(group: BaseExceptionGroup[Any]) -> BaseException | None:
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for e in exc.exceptions:
-                walk(e)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    return leaves[0] if len(leaves) == 1 else None
+    found = leaves(group)
+    return found[0] if len(found) == 1 else None
 
 
 def load_node_key(home: Home) -> Ed25519Key:

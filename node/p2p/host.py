@@ -90,6 +90,7 @@ def _expand_wildcards(listen: list[multiaddr.Multiaddr]) -> list[multiaddr.Multi
 
 
 FRAME_WRITE_TIMEOUT_S = 60.0
+BAD_PUBSUB_RPC_PENALTY = 20
 
 
 def _check_port_free(addr: multiaddr.Multiaddr) -> None:
@@ -173,6 +174,33 @@ class AtomicWriteYamux(Yamux):
             finally:
                 if done is not None:
                     done.set()
+
+
+class GuardedPubsub(Pubsub):
+    """Pubsub whose per-peer reader cannot take the node down.
+
+    py-libp2p 0.8.1 catches stream and read errors in a pubsub stream's handler but not a
+    protobuf DecodeError: one malformed gossipsub RPC from any peer crashed the whole swarm
+    service, and so the node (seen under load in the consensus benchmark). Here any error
+    from a peer's stream ends that stream only, and the peer is penalised.
+    """
+
+    on_bad_rpc: Any = None
+
+    async def stream_handler(self, stream: INetStream) -> None:
+        try:
+            await super().stream_handler(stream)
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            peer = stream.muxed_conn.peer_id.to_base58()
+            log.info("dropping a pubsub stream from %s: %r", peer, exc)
+            if self.on_bad_rpc is not None:
+                self.on_bad_rpc(peer, exc)
+            try:
+                await stream.reset()
+            except Exception:
+                pass
 
 
 class _CountingTCP(TCP):
@@ -307,7 +335,8 @@ class P2PNetwork:
             spam_protection_enabled=False,  # it silently drops our own publishes (trap 3)
         )
         # Pubsub must exist before any connect() (trap 12).
-        self._pubsub = Pubsub(host, router, strict_signing=True)
+        self._pubsub = GuardedPubsub(host, router, strict_signing=True)
+        self._pubsub.on_bad_rpc = self._bad_pubsub_rpc
         self._dht = KadDHT(host, DHTMode.SERVER)
         host.get_network().register_notifee(_ConnectionEvents(self))
         for addr in self._listen:
@@ -332,6 +361,10 @@ class P2PNetwork:
                 log.info("p2p listening", extra={"addrs": self.listen_addrs()})
                 task_status.started()
                 await trio.sleep_forever()
+
+    def _bad_pubsub_rpc(self, peer_id: str, exc: BaseException) -> None:
+        self.metrics.bad_frames.labels("/meshsub").inc()
+        self.book.penalise(peer_id, BAD_PUBSUB_RPC_PENALTY, f"malformed gossipsub RPC: {exc!r}")
 
     def _gate_banned_peers(self, swarm: Any) -> None:
         """Refuse connections from banned peers once their identity is proven (after Noise).

@@ -38,6 +38,7 @@ import trio
 
 from node.codec import DecodeError, pack, unpack
 from node.crypto import Ed25519Key
+from node.errors import leaves
 from node.p2p import P2PNetwork, Stream
 from node.p2p.addrs import verify_by_node_id
 from node.storage.chunks import ChunkStore, ChunkStoreError, chunk_id_of
@@ -814,37 +815,22 @@ def _checked_name(name: str) -> str:
 
 def _first_object_error(group: BaseExceptionGroup[Any]) -> BaseException:
     """The ObjectError inside a nursery's exception group (else the group itself)."""
-    match, _ = group.split(ObjectError)
-    while match is not None:
-        inner = match.exceptions[0]
-        if not isinstance(inner, BaseExceptionGroup):
-            return inner
-        match = inner
-    return group
+    return next((e for e in leaves(group) if isinstance(e, ObjectError)), group)
 
 
 def _put_error(group: BaseExceptionGroup[Exception]) -> ObjectError:
     """The one error an operator needs from a failed put (the first that says most)."""
     from node.storage.segmenter import ObjectTooLarge
 
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    for exc in leaves:
+    found = leaves(group)
+    for exc in found:
         if isinstance(exc, ObjectTooLarge):
             return TooLarge(str(exc))
         if isinstance(exc, NotEnoughNodes):
             return NeedMoreNodes(exc.needed, exc.available)
         if isinstance(exc, ObjectError):
             return exc
-    return PutFailed("; ".join(str(e) for e in leaves[:3]) or "put failed")
+    return PutFailed("; ".join(str(e) for e in found[:3]) or "put failed")
 
 
 def now_ms() -> int:

@@ -125,3 +125,32 @@ def test_raw_tcp_garbage_is_dropped_and_the_node_stays_up(node_factory):
         assert http_get(f"{node.url}/health")[0] == 200
     assert node.proc is not None and node.proc.poll() is None
     assert node.status()["listen_addrs"]
+
+
+async def test_a_malformed_gossipsub_rpc_costs_the_peer_and_not_the_node(node_factory):
+    """py-libp2p let a protobuf error in one peer's gossipsub stream crash the swarm (and
+    the node); node.p2p's GuardedPubsub ends that stream only and penalises the peer."""
+    node = node_factory().start()
+    status = await trio.to_thread.run_sync(node.wait_healthy)
+    target = status["node_id"]
+    bad = _client(status["listen_addrs"][0])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(bad.run)
+        await _wait(lambda: _true(bad.is_connected(target)), 15, "the client connected")
+        for _ in range(3):
+            stream = await bad.open_stream(target, "/meshsub/1.0.0")
+            # A varint-prefixed RPC whose bytes are not protobuf: tag 0, wire type 7.
+            await stream.write(encode_uvarint(8) + b"\x07\xff\xff\xff\xff\xff\xff\xff")
+            await trio.sleep(0.3)
+        for _ in range(10):
+            await trio.sleep(0.2)
+            code, _ = await trio.to_thread.run_sync(http_get, f"{node.url}/health")
+            assert code == 200, "the node went down"
+        assert node.proc is not None and node.proc.poll() is None
+        code, doc = await trio.to_thread.run_sync(http_get, f"{node.url}/metrics")
+        assert 'dcloud_p2p_rejected_frames_total{protocol="/meshsub"}' in doc, doc[:2000]
+        nursery.cancel_scope.cancel()
+
+
+async def _true(value: bool) -> bool:
+    return value
