@@ -33,7 +33,8 @@ sent `retransmit_mult * ceil(log10(N + 1))` times, and a newer update about a me
 the older one. While updates are pending, every `gossip_interval_ms` a gossip round pushes
 them to `gossip_nodes` random members, including members that died less than
 `gossip_to_the_dead_ms` ago (so a wrongly declared member hears it). Every
-`push_pull_interval_ms` (scaled up with log2 N beyond 32 members, as memberlist) a full state
+`push_pull_interval_ms` (times ceil(N / 32) beyond 32 members, so that its bytes per member
+stay flat; memberlist scales it with log2 N) a full state
 exchange with one random alive member repairs divergence; joining is a push_pull with seeds,
 and two periods after the first answer our alive is gossiped again (a second epidemic: the
 first misses a member now and then). A member that hears from a stranger (a member it never
@@ -1101,8 +1102,9 @@ class Membership:
         self._publish_self()
 
     def _push_pull_interval_ms(self) -> int:
+        # A push_pull carries the whole state, which grows with N; stretching its period in
+        # proportion to N beyond 32 members keeps its cost per member flat (memberlist
+        # stretches it with log2 N only, so its bytes per member grow as N / log N).
+        # Anti-entropy is the backstop; updates themselves spread by gossip.
         n = len(self._live) + 1
-        interval = self.config.push_pull_interval_ms
-        if n <= 32:
-            return interval
-        return interval * (math.ceil(math.log2(n) - math.log2(32)) + 1)
+        return self.config.push_pull_interval_ms * max(1, math.ceil(n / 32))
