@@ -117,7 +117,7 @@ class NeedMoreNodes(ObjectError):
     def __init__(self, needed: int, available: int) -> None:
         self.needed, self.available = needed, available
         super().__init__(f"a put with k+m = {needed} needs {needed} live nodes, "
-                         f"{available} are live")
+                         f"{available} {'is' if available == 1 else 'are'} live")
 
 
 class PutFailed(ObjectError):
