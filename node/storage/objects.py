@@ -14,8 +14,8 @@ GC removes after `storage.gc_grace_s`: an interrupted put leaves neither.
 Get (streamed): the name is resolved (our index, else our peers), the manifest read or fetched
 (checked by its id), and each segment rebuilt from any k shards: its data shards, fetched in
 parallel from their holders, and parity shards only for data shards that could not be had, so
-nothing is decoded while the data shards are there. The next segment is fetched while the
-current one is written out. A Range needs only the segments it covers.
+nothing is decoded while the data shards are there. Up to GET_SEGMENTS_IN_FLIGHT segments are
+fetched at once and written out in order. A Range needs only the segments it covers.
 
 Delete: a tombstone record, signed by the node that put the object; holders unpin, GC frees.
 
@@ -75,6 +75,7 @@ MAX_FRAME_BYTES = 512 * 1024
 MAX_LIST = 256
 REQUEST_TIMEOUT_S = 15.0
 PUT_SEGMENTS_IN_FLIGHT = 2
+GET_SEGMENTS_IN_FLIGHT = 4
 SAME_NODE_TRIES = 3  # pushes of a shard to its chosen node before the next in the ranking
 RECONNECT_WAIT_S = 5.0
 PUSH_TIMEOUT_S = 60.0
@@ -535,24 +536,33 @@ class ObjectService:
             return
         seg = manifest.segment_size
         first, last = start // seg, (end - 1) // seg
-        send, recv = trio.open_memory_channel[bytes](1)
+        # Up to GET_SEGMENTS_IN_FLIGHT segments are fetched at once (k shard fetches each,
+        # from different holders) and written out in order: a get is bound by round trips,
+        # not by any one peer's bandwidth.
+        ready: dict[int, bytes] = {}
+        arrived = {i: trio.Event() for i in range(first, last + 1)}
+        slots = trio.Semaphore(GET_SEGMENTS_IN_FLIGHT)
 
-        async def produce() -> None:
-            async with send:
-                for i in range(first, last + 1):
-                    await send.send(await self.segment(manifest, i, key))
+        async def fetch(i: int) -> None:
+            ready[i] = await self.segment(manifest, i, key)
+            arrived[i].set()
+
+        async def produce(nursery: trio.Nursery) -> None:
+            for i in range(first, last + 1):
+                await slots.acquire()
+                nursery.start_soon(fetch, i)
 
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(produce)
-                async with recv:
-                    i = first
-                    async for plain in recv:
-                        lo = start - i * seg if i == first else 0
-                        hi = end - i * seg if i == last else len(plain)
-                        await write(plain[lo:hi])
-                        self.metrics.object_bytes_got.inc(hi - lo)
-                        i += 1
+                nursery.start_soon(produce, nursery)
+                for i in range(first, last + 1):
+                    await arrived[i].wait()
+                    plain = ready.pop(i)
+                    slots.release()
+                    lo = start - i * seg if i == first else 0
+                    hi = end - i * seg if i == last else len(plain)
+                    await write(plain[lo:hi])
+                    self.metrics.object_bytes_got.inc(hi - lo)
         except BaseExceptionGroup as group:
             raise _first_object_error(group) from None
 
