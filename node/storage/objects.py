@@ -76,7 +76,7 @@ MAX_LIST = 256
 REQUEST_TIMEOUT_S = 15.0
 PUT_SEGMENTS_IN_FLIGHT = 2
 GET_SEGMENTS_IN_FLIGHT = 4
-SAME_NODE_TRIES = 3  # pushes of a shard to its chosen node before the next in the ranking
+SAME_NODE_TRIES = 4  # pushes of a shard to its chosen node before the next in the ranking
 RECONNECT_WAIT_S = 5.0
 PUSH_TIMEOUT_S = 60.0
 RECORD_PENALTY = 10
@@ -292,7 +292,9 @@ class ObjectService:
                 tries += 1
                 if tries < SAME_NODE_TRIES:
                     # A connection being replaced (two peers that dialled each other, a
-                    # restart) breaks the streams on it: wait for the peer to be back.
+                    # reset) breaks the streams on it, and is noticed a moment later: back
+                    # off (1, 2, 4 s), then wait for the peer to be connected again.
+                    await trio.sleep(2 ** (tries - 1))
                     await self.wait_connected(node, RECONNECT_WAIT_S)
                     continue
                 tries = 0
