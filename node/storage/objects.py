@@ -39,6 +39,7 @@ import trio
 from node.codec import DecodeError, pack, unpack
 from node.crypto import Ed25519Key
 from node.errors import leaves
+from node.gossip.leader import LIVE_STATES as LIVE  # alive or suspect
 from node.p2p import P2PNetwork, Stream
 from node.p2p.addrs import verify_by_node_id
 from node.storage.chunks import ChunkStore, ChunkStoreError, chunk_id_of
@@ -192,7 +193,7 @@ class ObjectService:
         always)."""
         out = {self.node_id: Candidate(self.node_id, self.region)}
         for m in self.members():
-            if m.state in ("alive", "suspect") and m.node_id not in out:
+            if m.state in LIVE and m.node_id not in out:
                 out[m.node_id] = Candidate(m.node_id, m.region)
         if len(out) == 1:
             # No membership view (yet): the connected peers, in our region as far as we know.
@@ -350,7 +351,7 @@ class ObjectService:
         states = self.member_states()
         async with trio.open_nursery() as nursery:
             for node in sorted(set(holders) - {self.node_id}):
-                if states.get(node, "alive") in ("alive", "suspect"):  # the dead hear later
+                if states.get(node, "alive") in LIVE:  # the dead hear later
                     nursery.start_soon(one, node)
         try:
             await self.network.publish(self.topic, data)
@@ -656,15 +657,18 @@ class ObjectService:
 
     # ---- status -----------------------------------------------------------------------------
 
-    async def health(self, obj: StoredObject) -> dict[str, Any]:
-        """Every shard's holders, their membership state and whether they say they hold it."""
-        manifest = obj.manifest
-        states = self.member_states()
+    async def holdings(self, manifest: Manifest,
+                       states: dict[str, str]) -> dict[tuple[str, str], bool]:
+        """(holder, chunk id) -> whether that holder says it holds that shard of `manifest`.
+
+        Only live (alive or suspect) holders are asked, in batches of 1,000 ids; one that does
+        not answer has no entries: unknown, not missing (membership decides it is gone)."""
         asked: dict[str, list[str]] = {}
         for ref in manifest.segments:
             for shard in ref.shards:
                 for holder in shard.holders:
-                    asked.setdefault(holder, []).append(shard.chunk_id)
+                    if states.get(holder) in LIVE:
+                        asked.setdefault(holder, []).append(shard.chunk_id)
         answers: dict[tuple[str, str], bool] = {}
 
         async def ask(holder: str, ids: list[str]) -> None:
@@ -673,27 +677,34 @@ class ObjectService:
                 try:
                     if holder == self.node_id:
                         has = [self.store.has(i) for i in part]
-                    elif states.get(holder) not in ("alive", "suspect"):
-                        has = [False] * len(part)
                     else:
                         with trio.fail_after(REQUEST_TIMEOUT_S):
                             has = await self.exchange.have(holder, part)
                 except trio.Cancelled:
                     raise
-                except Exception as exc:  # no answer: unknown, not missing
+                except Exception as exc:
                     log.info("holder %s did not answer have: %r", holder, exc)
-                    continue
+                    return
                 answers.update({(holder, i): h for i, h in zip(part, has, strict=True)})
 
         async with trio.open_nursery() as nursery:
             for holder, ids in asked.items():
                 nursery.start_soon(ask, holder, ids)
+        return answers
+
+    async def health(self, obj: StoredObject) -> dict[str, Any]:
+        """Every shard's holders, their membership state and whether they say they hold it."""
+        manifest = obj.manifest
+        states = self.member_states()
+        answers = await self.holdings(manifest, states)
         segments, healthy, total = [], 0, 0
         for s, ref in enumerate(manifest.segments):
             shards = []
             for i, shard in enumerate(ref.shards):
                 holders = [{"node_id": h, "state": states.get(h, "unknown"),
-                            "has": answers.get((h, shard.chunk_id))}  # None: no answer
+                            # None: a live holder that did not answer (unknown)
+                            "has": answers.get((h, shard.chunk_id),
+                                               None if states.get(h) in LIVE else False)}
                            for h in shard.holders]
                 ok = any(h["has"] is True for h in holders)
                 healthy += ok
@@ -787,10 +798,7 @@ class ObjectService:
         except Exception as exc:
             log.debug("objects stream from %s: %r", peer, exc)
         finally:
-            try:
-                await stream.close()
-            except Exception:
-                pass
+            await stream.close()  # Stream.close never raises
 
     async def _answer(self, peer: str, frame: bytes) -> list[Any]:
         msg = unpack(frame, max_bytes=MAX_FRAME_BYTES, max_items=16)

@@ -33,6 +33,7 @@ from typing import Any
 
 import trio
 
+from node.gossip.leader import LIVE_STATES as LIVE
 from node.storage.erasure import ErasureError, SegmentCoder
 from node.storage.exchange import MAX_RANGE_BYTES, proof_digest
 from node.storage.manifest import Manifest, ShardRef
@@ -128,35 +129,15 @@ class Repairer:
     async def _lost_shards(self, manifest: Manifest) -> set[tuple[int, int]]:
         objects = self.objects
         states = objects.member_states()
-        by_holder: dict[str, list[tuple[int, int, str]]] = {}
+        answers = await objects.holdings(manifest, states)
         lost: set[tuple[int, int]] = set()
         for s, ref in enumerate(manifest.segments):
             for i, shard in enumerate(ref.shards):
                 holder = shard.holders[0] if shard.holders else None
-                if holder is None or states.get(holder) not in ("alive", "suspect"):
+                if holder is None or states.get(holder) not in LIVE:
                     lost.add((s, i))
-                else:
-                    by_holder.setdefault(holder, []).append((s, i, shard.chunk_id))
-
-        async def ask(holder: str, items: list[tuple[int, int, str]]) -> None:
-            for start in range(0, len(items), 1000):
-                part = items[start:start + 1000]
-                ids = [c for _, _, c in part]
-                try:
-                    if holder == objects.node_id:
-                        has = [objects.store.has(c) for c in ids]
-                    else:
-                        has = await objects.exchange.have(holder, ids)
-                except trio.Cancelled:
-                    raise
-                except Exception as exc:
-                    log.info("holder %s did not answer: %s", holder, exc)
-                    return  # unreachable now is not lost: membership decides that
-                lost.update((s, i) for (s, i, _), ok in zip(part, has, strict=True) if not ok)
-
-        async with trio.open_nursery() as nursery:
-            for holder, items in by_holder.items():
-                nursery.start_soon(ask, holder, items)
+                elif answers.get((holder, shard.chunk_id)) is False:
+                    lost.add((s, i))  # no answer is not lost: membership decides that
         return lost
 
     async def _prove_one_segment(self, manifest: Manifest,
