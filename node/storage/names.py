@@ -31,7 +31,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +99,7 @@ class NameRecord:
         return (self.created_ms, self.creator, self.updated_ms)
 
     def signed(self, sign: Callable[[bytes], bytes]) -> NameRecord:
-        return _replace(self, signature=sign(self.signed_bytes()))
+        return replace(self, signature=sign(self.signed_bytes()))
 
     @classmethod
     def decode(cls, data: bytes, verify: Verify) -> NameRecord:
@@ -139,12 +139,6 @@ class NameRecord:
         return record
 
 
-def _replace(record: NameRecord, **changes: Any) -> NameRecord:
-    fields = {f: getattr(record, f) for f in record.__dataclass_fields__}
-    fields.update(changes)
-    return NameRecord(**fields)
-
-
 def new_record(name: str, manifest_id: str, size: int, node_id: str, now_ms: int,
                sign: Callable[[bytes], bytes]) -> NameRecord:
     return NameRecord(validate_name(name), manifest_id, size, now_ms, node_id, now_ms, node_id,
@@ -154,7 +148,7 @@ def new_record(name: str, manifest_id: str, size: int, node_id: str, now_ms: int
 def update_record(held: NameRecord, node_id: str, now_ms: int, sign: Callable[[bytes], bytes],
                   *, manifest_id: str | None = None, deleted: bool = False) -> NameRecord:
     """A later record of the same lineage: a repair (new manifest id) or a delete."""
-    return _replace(held, manifest_id=manifest_id or held.manifest_id,
+    return replace(held, manifest_id=manifest_id or held.manifest_id,
                     updated_ms=max(now_ms, held.updated_ms + 1), signer=node_id,
                     deleted=deleted, signature=b"").signed(sign)
 
