@@ -35,7 +35,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,6 +53,7 @@ from node.crypto import Ed25519Key  # noqa: E402
 from node.gossip.swim import ALIVE, DEAD, SwimConfig  # noqa: E402
 from node.gossip.swim_messages import Alive, Kind, encoded_size  # noqa: E402
 from node.p2p import peer_id_of  # noqa: E402
+from tests.ports import free_port_block  # noqa: E402
 from tests.sim.membership.harness import MembershipSim, SimSpec  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -302,24 +302,6 @@ def simulation(sizes: list[int], seeds: int, large_seeds: int, victims: int,
 def cli(*args: str, timeout: float = 180) -> str:
     return subprocess.run([sys.executable, "-m", "node", *args], check=True,
                           capture_output=True, text=True, timeout=timeout).stdout
-
-
-def port_block_free(base: int, count: int) -> bool:
-    for port in range(base, base + count):
-        with socket.socket() as s:
-            try:
-                s.bind((HOST, port))
-            except OSError:
-                return False
-    return True
-
-
-def free_port_block(count: int) -> int:
-    for _ in range(200):
-        base = random.randrange(30000, 60000 - count)
-        if port_block_free(base, count):
-            return base
-    raise RuntimeError("no free block of ports on 127.0.0.1")
 
 
 def http_get(url: str, timeout: float = 2.0) -> bytes | None:

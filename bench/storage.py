@@ -31,7 +31,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,7 @@ import zfec  # type: ignore[import-untyped]  # noqa: E402
 from pyeclib.ec_iface import ECDriver  # noqa: E402
 
 from node.storage.erasure import BACKEND_ISA_L_RS_CAUCHY, SegmentCoder  # noqa: E402
+from tests.ports import free_port_block  # noqa: E402
 
 MIB = 1024 * 1024
 TARGET_MB_S = 2000
@@ -193,7 +193,7 @@ def raw_stream_mb_s(total_mib: int, runs: int) -> list[float]:
     from node.metrics import P2PMetrics
     from node.p2p import P2PNetwork
 
-    port = _free_port()
+    port = free_port_block(1)
     ready = Path(tempfile.mkdtemp()) / "addr"
     child = subprocess.Popen([sys.executable, __file__, "--raw-server", str(port), str(ready)])
     try:
@@ -207,7 +207,7 @@ def raw_stream_mb_s(total_mib: int, runs: int) -> list[float]:
 
         async def client() -> None:
             cfg = dict(defaults()["p2p"])
-            cfg.update(listen_addrs=[f"/ip4/127.0.0.1/tcp/{_free_port()}"], bootstrap=[addr])
+            cfg.update(listen_addrs=[f"/ip4/127.0.0.1/tcp/{free_port_block(1)}"], bootstrap=[addr])
             net = P2PNetwork(Ed25519Key.generate(), P2PSection(**cfg),
                              P2PMetrics(CollectorRegistry()))
             peer = addr.rsplit("/p2p/", 1)[1]
@@ -234,12 +234,6 @@ def raw_stream_mb_s(total_mib: int, runs: int) -> list[float]:
     finally:
         child.terminate()
         child.wait(10)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _http(url: str, method: str, path: str, body_file: Path | None = None,
@@ -274,7 +268,7 @@ def network_section(args: argparse.Namespace) -> None:
     raw = raw_stream_mb_s(args.payload_mib, args.net_runs)
     print("  raw stream MB/s: " + ", ".join(f"{x:.0f}" for x in raw))
     work = Path(tempfile.mkdtemp(prefix="dcloud-bench-storage-"))
-    base = _free_port_block(62)
+    base = free_port_block(62)
     payload = work / "payload.bin"
     with open(payload, "wb") as f:
         for _ in range(args.payload_mib):
@@ -322,24 +316,6 @@ def network_section(args: argparse.Namespace) -> None:
         if values:
             v = statistics.median(values)
             print(f"{label:6}{v:8.1f}{v / ref:8.2f}")
-
-
-def _free_port_block(count: int) -> int:
-    import random
-
-    for _ in range(200):
-        base = random.randrange(30000, 60000 - count)
-        ok = True
-        for port in range(base, base + count):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free port block")
 
 
 def parse_coding(text: str) -> tuple[int, int]:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,26 +17,7 @@ from typing import Any
 
 import pytest
 
-HOST = "127.0.0.1"
-
-
-def port_block_free(base: int, count: int) -> bool:
-    for port in range(base, base + count):
-        with socket.socket() as s:
-            try:
-                s.bind((HOST, port))
-            except OSError:
-                return False
-    return True
-
-
-def free_port_block(count: int) -> int:
-    """A base port such that base..base+count-1 are all free on 127.0.0.1."""
-    for _ in range(200):
-        base = random.randrange(30000, 60000 - count)
-        if port_block_free(base, count):
-            return base
-    raise RuntimeError("no free port block found")
+from tests.ports import HOST, free_port_block, port_block_free  # noqa: F401 - used by tests
 
 
 def http_get(url: str, timeout: float = 3.0) -> tuple[int, Any]:
