@@ -123,6 +123,7 @@ class ConsensusService:
         self._send, self._recv = send, recv
         self._future: dict[int, list[_Incoming]] = {}
         self._future_count = 0
+        self._work = trio.Event()  # set when there may be something to commit (see _start_later)
         self._pending_evidence: dict[bytes, DuplicateVoteEvidence] = {}
         self._own_messages: list[messages.ConsensusMessage] = []  # current height, to resend
         self._seen_proposals: set[tuple[int, int, bytes]] = set()  # current height
@@ -198,6 +199,7 @@ class ConsensusService:
         """Check a tx from a client and add it to the mempool (gossiped in the next batch)."""
         result = self.mempool.add(tx)
         self.metrics.mempool_size.set(self.mempool.size())
+        self._work.set()
         return result
 
     # ---- inputs ------------------------------------------------------------------------------
@@ -230,6 +232,7 @@ class ConsensusService:
             for tx in txs:
                 self.mempool.add(tx, announce=False)  # gossipsub relays it already
             self.metrics.mempool_size.set(self.mempool.size())
+            self._work.set()
             await trio.sleep(0)
 
     async def _announce_txs(self) -> None:
@@ -306,6 +309,7 @@ class ConsensusService:
                     self._future_count < MAX_FUTURE_MESSAGES:
                 self._future.setdefault(height, []).append(item)
                 self._future_count += 1
+                self._work.set()
             return
         self._feed(msg)
 
@@ -450,6 +454,7 @@ class ConsensusService:
                     evidence.vote_a.round)
         self.metrics.evidence.inc()
         self._pending_evidence[key] = evidence
+        self._work.set()
         if from_peer is None:
             assert self._nursery is not None
             self._nursery.start_soon(self.network.publish, self.topic,
@@ -484,7 +489,19 @@ class ConsensusService:
 
     async def _start_later(self, height: int) -> None:
         await trio.sleep(self.timeouts.commit_ms / 1000)
+        idle_s = (self.params.empty_block_interval_ms - self.timeouts.commit_ms) / 1000
+        if idle_s > 0:
+            # Nothing to commit: an empty block every timeout_commit_ms would keep every
+            # validator signing, gossiping and fsyncing ten times a second for nothing.
+            with trio.move_on_after(idle_s):
+                while not self._has_work(height):
+                    self._work = trio.Event()
+                    await self._work.wait()
         await self._send.send(_Start(height))
+
+    def _has_work(self, height: int) -> bool:
+        """A tx or evidence to commit, or a validator already at `height` (join it)."""
+        return self.mempool.size() > 0 or bool(self._pending_evidence) or height in self._future
 
     def _record_metrics(self, block: Block, commit: Commit, round_: int, interval: float,
                         synced: bool) -> None:

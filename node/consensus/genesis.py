@@ -31,6 +31,10 @@ class ConsensusParams:
     timeout_vote_delta_ms: int = 250
     timeout_commit_ms: int = 100
     min_fee: int = 0
+    # While nothing waits to be committed (no tx, no evidence, no peer already in the next
+    # height), wait up to this long before starting the next height; 0 makes a block every
+    # timeout_commit_ms whatever happens (CometBFT's create_empty_blocks_interval).
+    empty_block_interval_ms: int = 1000
 
     def to_list(self) -> list[int]:
         return list(asdict(self).values())
