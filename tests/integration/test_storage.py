@@ -10,11 +10,13 @@ import http.client
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import cli, http_get, http_request, wait_for
+from tests.integration.conftest import cli, http_get, http_request, pid_alive, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -62,6 +64,29 @@ def sha256_file(path: Path) -> str:
         while block := f.read(MIB):
             h.update(block)
     return h.hexdigest()
+
+
+def alive_seen_by(member: dict) -> int:
+    code, doc = http_get(f"{member['http_url']}/members")
+    return sum(x["state"] == "alive" for x in doc["members"]) if code == 200 else -1
+
+
+def bad_chunks_counted(member: dict) -> float:
+    _, text = http_get(f"{member['http_url']}/metrics")
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("dcloud_storage_bad_chunks_total"))
+
+
+def restart_lying(member: dict) -> None:
+    """Restart a testnet node, same home, as tests/integration/lying_node.py."""
+    os.kill(member["pid"], signal.SIGTERM)
+    wait_for(lambda: not pid_alive(member["pid"]), 15, f"{member['name']} to stop")
+    root = Path(__file__).resolve().parents[2]
+    with open(Path(member["home"]) / "logs" / "stdout.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "tests.integration.lying_node", "start",
+                                 "--home", member["home"]], cwd=root, stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    member["pid"] = proc.pid
 
 
 def holders(doc: dict) -> set[str]:
@@ -218,3 +243,29 @@ def test_interrupted_puts_leave_nothing_and_bad_requests_are_refused(testnet_fac
         chunks = Path(m["home"]) / "data" / "chunks"
         for f in chunks.glob("??/*"):
             assert probe not in f.read_bytes()
+
+    # A node that serves corrupted shards: the getter detects every bad one by its hash,
+    # penalises the peer, takes other shards and returns the object byte-identical; after
+    # a few bad shards the liar is banned and disconnected.
+    liar, getter = alive[3], alive[1]
+    restart_lying(liar)
+    wait_for(lambda: alive_seen_by(node0) == 5 and alive_seen_by(getter) == 5, 60,
+             "the restarted node to be alive again")
+    data = tmp_path / "lied.bin"
+    data.write_bytes(os.urandom(32 * MIB))  # 8 segments: the liar holds data shards of some
+    put = json.loads(cli("object", "put", str(data), "--k", "3", "--m", "2", "--json",
+                         "--url", node0["http_url"], timeout=180).stdout)
+    assert liar["peer_id"] in holders(status(node0, "lied.bin"))
+    wait_for(lambda: "lied.bin" in cli("object", "ls", "--url", getter["http_url"]).stdout, 30,
+             "the getter to learn the name")
+    out = tmp_path / "lied.back"
+    for _ in range(3):
+        cli("object", "get", "lied.bin", "-o", str(out), "--url", getter["http_url"],
+            timeout=180)
+        assert sha256_file(out) == sha256_file(data)
+        if liar["peer_id"] not in {p["peer_id"] for p in http_get(
+                f"{getter['http_url']}/status")[1]["peers"]}:
+            break
+    assert bad_chunks_counted(getter) >= 3, put
+    wait_for(lambda: liar["peer_id"] not in {p["peer_id"] for p in http_get(
+        f"{getter['http_url']}/status")[1]["peers"]}, 15, "the liar to be disconnected")
