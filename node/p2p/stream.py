@@ -73,7 +73,12 @@ class Stream:
 
     async def read_exactly(self, n: int) -> bytes:
         await self._fill(n)
-        out = bytes(self._buffer[:n])
+        if len(self._buffer) == n:  # the common case for bulk frames: one copy, no shift
+            out = bytes(self._buffer)
+            self._buffer.clear()
+            return out
+        with memoryview(self._buffer) as view:
+            out = bytes(view[:n])
         del self._buffer[:n]
         return out
 

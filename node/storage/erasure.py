@@ -159,20 +159,36 @@ class SegmentCoder:
     # ---- decode ---------------------------------------------------------------------------
 
     def decode(self, shards: Mapping[int, bytes], shard_hashes: Sequence[bytes],
-               *, segment_size: int, segment_hash: bytes | None = None) -> bytes:
+               *, segment_size: int, segment_hash: bytes | None = None,
+               shards_verified: bool = False) -> bytes:
         """Rebuild a segment from any k shards (index -> bytes) whose hashes match.
 
         Shards failing their hash are ignored (as if missing); with fewer than k left this
         raises NotEnoughShards naming them. When all data shards are present, no parity
         arithmetic runs. The result is checked against `segment_size` and, when given,
         `segment_hash`.
+
+        `shards_verified`: the caller already checked every shard against its hash (the
+        chunk exchange and the chunk store do, shard ids being their sha256), so they are
+        not hashed again, and `segment_hash` is checked only when parity arithmetic ran
+        (from the k data shards the segment is their concatenation, which the shard hashes
+        already pin down).
         """
         check_segment_size(segment_size)
-        good, bad = self.verified(shards, shard_hashes, enough=self.k)
+        if shards_verified:
+            if len(shard_hashes) != self.n or not all(
+                    type(i) is int and 0 <= i < self.n for i in shards):
+                raise ErasureError(f"expected shard indexes in [0, {self.n - 1}] and {self.n} "
+                                   f"shard hashes")
+            good, bad = {i: shards[i] for i in sorted(shards)[: self.k]}, set()
+        else:
+            good, bad = self.verified(shards, shard_hashes, enough=self.k)
         if len(good) < self.k:
             raise NotEnoughShards(self.k, good, bad)
         # Prefer data shards: with all k of them, liberasurecode only strips headers.
         chosen = sorted(good)[: self.k]
+        if shards_verified and chosen == list(range(self.k)):
+            segment_hash = None
         self._check_headers(good, chosen)
         try:
             data = self._driver.decode([good[i] for i in chosen])

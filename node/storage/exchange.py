@@ -1,8 +1,12 @@
 """Chunk exchange between nodes: `/dcloud/chunks/0.1.0`.
 
-One request per stream. The requester writes one msgpack frame `[1, op, ...]`; the server
-answers with one frame `[1, "ok", ...]` or `[1, "err", code, message]`, and for `get` the
-chunk's bytes follow as raw frames of at most `DATA_FRAME_BYTES`.
+Requests one after another on a stream. The requester writes one msgpack frame
+`[1, op, ...]`; the server answers with one frame `[1, "ok", ...]` or
+`[1, "err", code, message]`, and for `get` the chunk's bytes follow as raw frames of at most
+`DATA_FRAME_BYTES`. Once an answer is complete the requester may send its next request on the
+same stream (it keeps up to `PER_PEER_STREAMS` idle streams per peer for `POOL_IDLE_S`); the
+server waits `STREAM_IDLE_S` for one, then closes. A server that cannot finish an answer (a
+chunk found corrupt while being sent) resets the stream.
 
 - `[1, "have", [id, ...]]` (1-1024 ids) -> `[1, "ok", [bool, ...]]`
 - `[1, "get", id]` -> `[1, "ok", size]`, then `size` bytes in data frames
@@ -32,7 +36,7 @@ from typing import Any
 import trio
 
 from node.codec import DecodeError, pack, unpack
-from node.p2p import P2PNetwork, Stream
+from node.p2p import P2PNetwork, Stream, StreamError
 from node.p2p.breaker import BreakerRegistry
 from node.p2p.breaker import call as breaker_call
 from node.storage.chunks import (
@@ -55,6 +59,8 @@ MAX_HAVE_IDS = 1024
 MIN_NONCE_BYTES, MAX_NONCE_BYTES = 16, 64
 REQUEST_TIMEOUT_S = 30.0
 PER_PEER_STREAMS = 4
+STREAM_IDLE_S = 30.0  # a server waits this long for the next request on a stream
+POOL_IDLE_S = 10.0  # a requester reuses a stream idle at most this long (< STREAM_IDLE_S)
 BAD_DATA_PENALTY = 40
 BAD_REQUEST_PENALTY = 10
 PROVIDE_TIMEOUT_S = 10.0
@@ -129,6 +135,7 @@ class ChunkExchange:
         self.metrics = metrics
         self._breakers = BreakerRegistry(failure_threshold=5, cool_down_ms=5_000)
         self._per_peer: dict[str, trio.Semaphore] = {}
+        self._idle: dict[str, list[tuple[Stream, float]]] = {}  # reusable streams per peer
 
     def install(self) -> None:
         self.network.set_handler(PROTOCOL, self._serve)
@@ -138,11 +145,15 @@ class ChunkExchange:
     async def _serve(self, stream: Stream) -> None:
         peer = stream.peer_id
         try:
-            with trio.fail_after(REQUEST_TIMEOUT_S):
-                frame = await stream.read_frame(MAX_CONTROL_FRAME_BYTES)
-                if frame is None:
-                    return  # closed before asking anything: a broken connection, not a lie
-                await self._answer(stream, _parse(frame, "request"))
+            while True:
+                with trio.move_on_after(STREAM_IDLE_S):
+                    frame = await stream.read_frame(MAX_CONTROL_FRAME_BYTES)
+                    if frame is None:
+                        return  # closed before asking (more): a requester done with it
+                    with trio.fail_after(REQUEST_TIMEOUT_S):
+                        await self._answer(stream, _parse(frame, "request"))
+                    continue
+                return  # idle too long
         except ProtocolViolation as exc:
             log.info("bad chunk request from %s: %s", peer, exc)
             self.network.book.penalise(peer, BAD_REQUEST_PENALTY, f"bad chunk request: {exc}")
@@ -289,14 +300,58 @@ class ChunkExchange:
         async def one() -> Any:
             async with self._slots(peer):
                 with trio.fail_after(REQUEST_TIMEOUT_S):
+                    stream = await self._take_idle(peer)
+                    if stream is not None:
+                        try:
+                            return await self._exchange(peer, stream, request, handle)
+                        except (PeerRefused, BadData):
+                            raise
+                        except (ExchangeError, StreamError) as exc:
+                            # The server may have closed it meanwhile: once more, on a new one.
+                            log.debug("reused stream to %s failed (%r); opening another",
+                                      peer, exc)
                     stream = await self.network.open_stream(peer, PROTOCOL)
-                    try:
-                        await stream.write_frame(request)
-                        return await handle(stream)
-                    finally:
-                        await _close_quietly(stream)
+                    return await self._exchange(peer, stream, request, handle)
 
         return await breaker_call(self._breakers, peer, one)
+
+    async def _exchange(self, peer: str, stream: Stream, request: bytes, handle: Any) -> Any:
+        """One request and its whole answer; the stream is kept for reuse only if the
+        answer was read to its end, and reset otherwise (bytes may still be in flight)."""
+        clean = False
+        try:
+            await stream.write_frame(request)
+            try:
+                result = await handle(stream)
+            except PeerRefused:
+                clean = True  # a complete error answer
+                raise
+            clean = True
+            return result
+        finally:
+            with trio.CancelScope(shield=True):
+                if not clean:
+                    with trio.move_on_after(2):
+                        await stream.reset()
+                elif not self._keep_idle(peer, stream):
+                    await _close_quietly(stream)
+
+    async def _take_idle(self, peer: str) -> Stream | None:
+        pool = self._idle.get(peer)
+        now = trio.current_time()
+        while pool:
+            stream, since = pool.pop()
+            if now - since < POOL_IDLE_S:
+                return stream
+            await _close_quietly(stream)
+        return None
+
+    def _keep_idle(self, peer: str, stream: Stream) -> bool:
+        pool = self._idle.setdefault(peer, [])
+        if len(pool) >= PER_PEER_STREAMS or len(self._idle) > 4096:
+            return False
+        pool.append((stream, trio.current_time()))
+        return True
 
     async def _answer_of(self, stream: Stream) -> list[Any]:
         try:

@@ -577,7 +577,7 @@ class ObjectService:
         try:
             stored = await trio.to_thread.run_sync(
                 lambda: coder.decode(shards, ref.shard_hashes, segment_size=ref.size,
-                                     segment_hash=ref.hash))
+                                     segment_hash=ref.hash, shards_verified=True))
         except ErasureError as exc:
             raise GetFailed(f"segment {index}: {exc}") from exc
         if manifest.sealing is None:

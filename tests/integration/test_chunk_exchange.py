@@ -19,6 +19,7 @@ from node.config import load_config
 from node.crypto import Ed25519Key
 from node.metrics import P2PMetrics
 from node.p2p import P2PNetwork, Stream
+from node.storage import exchange
 from node.storage.chunks import ChunkStore, chunk_id_of
 from node.storage.exchange import (
     PROTOCOL,
@@ -87,6 +88,46 @@ async def test_push_have_fetch_and_prove(tmp_path: Path) -> None:
             await client.fetch(peer, "1" * 64, 10)
         with pytest.raises(PeerRefused, match="bad_range"):
             await client.prove(peer, chunk_id, len(data) - 10, 100, nonce)
+
+
+async def test_requests_reuse_a_stream_and_survive_its_close_by_the_server(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = os.urandom(2 * 1024 * 1024 + 3)
+    chunk_id = chunk_id_of(data)
+    async with two_nodes(tmp_path) as (client, server):
+        server.store.put(data)
+        peer = server.network.peer_id
+        opened = []
+        real_open = client.network.open_stream
+
+        async def counting_open(*args, **kwargs):
+            opened.append(args)
+            return await real_open(*args, **kwargs)
+
+        monkeypatch.setattr(client.network, "open_stream", counting_open)
+        for _ in range(3):  # one after another: all on the first stream
+            assert await client.fetch(peer, chunk_id, len(data)) == data
+        with pytest.raises(PeerRefused, match="not_found"):  # a complete error answer
+            await client.fetch(peer, "1" * 64, 10)
+        assert await client.have(peer, [chunk_id]) == [True]
+        assert len(opened) == 1
+        # The server drops idle streams; the next request notices and opens another.
+        monkeypatch.setattr(exchange, "STREAM_IDLE_S", 0.2)
+        assert await client.have(peer, [chunk_id]) == [True]  # this serve loop waits 0.2 s
+        await trio.sleep(0.6)
+        assert await client.fetch(peer, chunk_id, len(data)) == data
+        assert len(opened) == 2
+        # An answer given up half-way (its data still coming) resets the stream instead of
+        # pooling it.
+        async def give_up(stream: Stream) -> None:
+            await stream.read_frame()  # the size; the chunk's bytes follow unread
+            raise exchange.ExchangeError("given up")
+
+        with pytest.raises(exchange.ExchangeError, match="given up"):
+            await client._request(peer, pack([1, "get", chunk_id]), give_up)
+        assert len(opened) == 3  # it failed on the pooled stream, then once on a new one
+        assert await client.fetch(peer, chunk_id, len(data)) == data
+        assert len(opened) == 4
 
 
 async def test_a_pushed_chunk_that_does_not_match_its_id_is_not_stored(tmp_path: Path) -> None:

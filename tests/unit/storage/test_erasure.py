@@ -190,3 +190,31 @@ def test_decode_hashes_only_as_many_shards_as_it_needs() -> None:
     assert coder.decode(shards, encoded.shard_hashes, segment_size=len(segment)) == segment
     _, bad = coder.verified(shards, encoded.shard_hashes)
     assert bad == {5}
+
+
+def test_shards_verified_by_the_caller_are_not_hashed_again() -> None:
+    """The get path passes shards the exchange already checked: decode then trusts their
+    hashes, and checks the segment hash only when parity arithmetic ran."""
+    coder = SegmentCoder(4, 2)
+    segment = os.urandom(9_000)
+    encoded = coder.encode(segment)
+    wrong = hashlib.sha256(b"other").digest()
+    data_only = {i: encoded.shards[i] for i in range(4)}
+    with_parity = {i: encoded.shards[i] for i in (0, 2, 4, 5)}
+    for shards in (data_only, with_parity):
+        assert coder.decode(shards, encoded.shard_hashes, segment_size=len(segment),
+                            segment_hash=hashlib.sha256(segment).digest(),
+                            shards_verified=True) == segment
+    # Hashes are not looked at: a (verified) shard set decodes whatever the list says...
+    assert coder.decode(data_only, [wrong] * 6, segment_size=len(segment),
+                        shards_verified=True) == segment
+    # ...but a decode through parity still checks the segment against the manifest.
+    with pytest.raises(CorruptSegment, match="does not match its hash"):
+        coder.decode(with_parity, encoded.shard_hashes, segment_size=len(segment),
+                     segment_hash=wrong, shards_verified=True)
+    with pytest.raises(NotEnoughShards):
+        coder.decode({0: encoded.shards[0]}, encoded.shard_hashes, segment_size=len(segment),
+                     shards_verified=True)
+    with pytest.raises(ErasureError, match="shard indexes"):
+        coder.decode({9: encoded.shards[0]}, encoded.shard_hashes, segment_size=len(segment),
+                     shards_verified=True)
