@@ -10,10 +10,11 @@ measured side by side in one run for
 checked byte-exact. MB/s are of payload, median of --runs runs, one thread.
 
     .venv/bin/python bench/storage.py --skip-network [--payload-mib 64] [--segment-mib 4]
-        [--codings 4,2 10,4] [--runs 7] [--tuned-malloc]
+        [--codings 4,2 10,4] [--runs 7]
 
---tuned-malloc re-runs the process with glibc told to keep freed memory (fresh multi-MiB
-buffers otherwise cost page faults on every segment), to show the codec's ceiling.
+Each coding is measured twice in the same run: first with glibc's default malloc (every fresh
+multi-MiB buffer is a new mmap whose pages fault in on first touch), then with the malloc
+settings the node applies at start (node.storage.erasure.keep_freed_memory).
 
 Network section: end-to-end put (on node0) and get (from node3) MB/s of one object over HTTP
 on a 6-node loopback testnet (`dcloud-node testnet up`, RS(4,2), all processes on the same
@@ -45,16 +46,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import zfec  # type: ignore[import-untyped]  # noqa: E402
 from pyeclib.ec_iface import ECDriver  # noqa: E402
 
-from node.storage.erasure import BACKEND_ISA_L_RS_CAUCHY, SegmentCoder  # noqa: E402
+from node.storage.erasure import (  # noqa: E402
+    BACKEND_ISA_L_RS_CAUCHY,
+    SegmentCoder,
+    keep_freed_memory,
+)
 from tests.ports import free_port_block  # noqa: E402
 
 MIB = 1024 * 1024
 TARGET_MB_S = 2000
-TUNED_MALLOC = {
-    "MALLOC_MMAP_THRESHOLD_": str(256 * MIB),
-    "MALLOC_TRIM_THRESHOLD_": str(1024 * MIB),
-    "MALLOC_TOP_PAD_": str(256 * MIB),
-}
 
 
 @dataclass(frozen=True)
@@ -132,21 +132,26 @@ def codec_section(args: argparse.Namespace) -> None:
     payload = os.urandom(args.payload_mib * MIB)
     seg = args.segment_mib * MIB
     segments = [payload[i:i + seg] for i in range(0, len(payload), seg)]
-    malloc = "glibc tuned to keep freed memory" if args.tuned_malloc else "default malloc"
     print(f"Erasure coding: {args.payload_mib} MiB random payload in {args.segment_mib} MiB "
-          f"segments, one thread, median of {args.runs} runs, decode = m data shards lost; "
-          f"{malloc}. MB/s of payload (MiB/s).")
-    print(f"{'(k,m)':<7} {'codec':<30} {'encode':>8} {'x zfec':>7} {'decode':>8} {'x zfec':>7}")
-    for k, m in args.codings:
-        results = {}
-        for make in (zfec_codec, pyeclib_codec, segment_coder_codec):
-            codec = make(k, m)
-            results[codec.name] = measure(codec, segments, args.runs)
-        ref_enc, ref_dec = results["zfec"]
-        for name, (e, d) in results.items():
-            print(f"{f'({k},{m})':<7} {name:<30} {e:>8.0f} {e / ref_enc:>7.2f} "
-                  f"{d:>8.0f} {d / ref_dec:>7.2f}")
-    print(f"target: encode and decode above {TARGET_MB_S} MB/s per core")
+          f"segments, one thread, median of {args.runs} runs, decode = m data shards lost. "
+          f"MB/s of payload (MiB/s).")
+    for malloc in ("default glibc malloc", "the node's malloc settings (keep_freed_memory)"):
+        if malloc.startswith("the node") and not keep_freed_memory():
+            print("(glibc refused the node's malloc settings: not measured)")
+            break
+        print(f"\n{malloc}:")
+        print(f"{'(k,m)':<7} {'codec':<30} {'encode':>8} {'x zfec':>7} {'decode':>8} "
+              f"{'x zfec':>7}")
+        for k, m in args.codings:
+            results = {}
+            for make in (zfec_codec, pyeclib_codec, segment_coder_codec):
+                codec = make(k, m)
+                results[codec.name] = measure(codec, segments, args.runs)
+            ref_enc, ref_dec = results["zfec"]
+            for name, (e, d) in results.items():
+                print(f"{f'({k},{m})':<7} {name:<30} {e:>8.0f} {e / ref_enc:>7.2f} "
+                      f"{d:>8.0f} {d / ref_dec:>7.2f}")
+    print(f"\ntarget: encode and decode above {TARGET_MB_S} MB/s per core")
 
 
 RAW_PROTOCOL = "/dcloud/bench/raw/0.1.0"
@@ -333,8 +338,6 @@ def main() -> None:
     parser.add_argument("--skip-network", action="store_true",
                         help="only the codec section (no testnet)")
     parser.add_argument("--skip-codec", action="store_true")
-    parser.add_argument("--tuned-malloc", action="store_true",
-                        help="re-run with glibc malloc keeping freed memory")
     parser.add_argument("--net-runs", type=int, default=2, help="put/get runs on the testnet")
     parser.add_argument("--raw-server", nargs=2, metavar=("PORT", "READY_FILE"),
                         help=argparse.SUPPRESS)  # the raw stream reference's other process
@@ -344,8 +347,6 @@ def main() -> None:
 
         trio.run(_raw_server, int(args.raw_server[0]), args.raw_server[1])
         return
-    if args.tuned_malloc and any(os.environ.get(k) != v for k, v in TUNED_MALLOC.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **TUNED_MALLOC})
     if not args.skip_codec:
         codec_section(args)
     if not args.skip_network:

@@ -34,6 +34,7 @@ from node.p2p.addrs import verify_by_node_id
 from node.p2p.info import InfoProtocol, PeerInfoDoc
 from node.runtime.resources import ResourceMonitor
 from node.storage.chunks import ChunkStore
+from node.storage.erasure import keep_freed_memory
 from node.storage.exchange import ChunkExchange
 from node.storage.names import NameIndex
 from node.storage.objects import ObjectService
@@ -237,6 +238,7 @@ def start_node(config: Config) -> None:
     """Blocking entry point of `dcloud-node start` (raises on start-up errors)."""
     home = Home(config.home)
     key = load_node_key(home)
+    keep_freed_memory()  # before the first segment is coded (node.storage.erasure)
     lock = HomeLock(home.lock_file)
     lock.acquire()
     try:
