@@ -390,7 +390,8 @@ class ChunkExchange:
             if type(size) is not int or not 0 <= size <= max_bytes:
                 raise ExchangeError(f"peer {peer}: chunk size {size!r} is not in "
                                     f"[0, {max_bytes}]")
-            hasher, parts, got = hashlib.sha256(), [], 0
+            parts: list[bytes] = []
+            got = 0
             while got < size:
                 frame = await stream.read_frame(DATA_FRAME_BYTES)
                 if frame is None:
@@ -398,10 +399,11 @@ class ChunkExchange:
                 got += len(frame)
                 if got > size:
                     break
-                hasher.update(frame)
                 parts.append(frame)
-            data = b"".join(parts)
-            if got != size or hasher.hexdigest() != chunk_id:
+            # Joined and hashed in a worker thread (hashlib lets go of the GIL): the event
+            # loop goes on reading the other streams meanwhile.
+            data, digest = await trio.to_thread.run_sync(_joined_and_hashed, parts)
+            if got != size or digest != chunk_id:
                 self.network.book.penalise(peer, BAD_DATA_PENALTY,
                                            f"served bytes that are not chunk {chunk_id[:16]}")
                 if self.metrics is not None:
@@ -497,6 +499,11 @@ class ChunkExchange:
         return await self._request(  # type: ignore[no-any-return]
             peer, pack([VERSION, "prove", validate_chunk_id(chunk_id), offset, length, nonce]),
             handle)
+
+
+def _joined_and_hashed(parts: list[bytes]) -> tuple[bytes, str]:
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    return data, hashlib.sha256(data).hexdigest()
 
 
 async def _send_quietly(stream: Stream, frame: bytes) -> None:

@@ -218,3 +218,10 @@ def test_shards_verified_by_the_caller_are_not_hashed_again() -> None:
     with pytest.raises(ErasureError, match="shard indexes"):
         coder.decode({9: encoded.shards[0]}, encoded.shard_hashes, segment_size=len(segment),
                      shards_verified=True)
+
+
+def test_the_node_can_tell_glibc_to_keep_freed_buffers() -> None:
+    """keep_freed_memory applies every setting on Linux/glibc (where the node runs)."""
+    from node.storage.erasure import keep_freed_memory
+
+    assert keep_freed_memory() is True
