@@ -42,6 +42,10 @@ class P2PMetrics:
             "dcloud_p2p_rejected_frames", "Frames rejected as malformed or oversized.",
             ["protocol"], registry=registry,
         )
+        self.streams_opened = Counter(
+            "dcloud_p2p_streams_opened", "Outbound streams opened, by protocol.",
+            ["protocol"], registry=registry,
+        )
         self.peer_disconnects = Counter(
             "dcloud_p2p_penalty_disconnects", "Peers disconnected for misbehaviour.",
             registry=registry,

@@ -30,9 +30,12 @@ from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.network.exceptions import SwarmException
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
+from libp2p.pubsub import gossipsub as _gossipsub_module
+from libp2p.pubsub import pubsub as _pubsub_module
 from libp2p.pubsub.gossipsub import PROTOCOL_ID as GOSSIPSUB_PROTOCOL_ID
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.utils import maybe_consume_signed_record as _consume_signed_record
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import HEADER_SIZE as YAMUX_HEADER_SIZE
@@ -92,6 +95,39 @@ def _expand_wildcards(listen: list[multiaddr.Multiaddr]) -> list[multiaddr.Multi
 FRAME_WRITE_TIMEOUT_S = 60.0
 STREAM_WINDOW_BYTES = 1024 * 1024  # per-stream receive window granted at open (yamux: 256 KiB)
 BAD_PUBSUB_RPC_PENALTY = 20
+
+
+# Every gossipsub RPC py-libp2p sends carries the sender's signed peer record, and every
+# one received was parsed, its Ed25519 signature checked and the peer store updated: about
+# half of what an idle node spent on gossip (profiled). A peer resends the same record
+# bytes until its addresses change, so bytes already verified for that peer are accepted
+# again without the work, re-checked at most every RECORD_RECHECK_S (which also keeps the
+# peer store's copy, kept for 2 h, fresh).
+RECORD_RECHECK_S = 600.0
+_MAX_RECORDS_CACHED = 4096
+
+
+def _consume_signed_record_once(msg: Any, host: Any, peer_id: ID) -> bool:
+    if not msg.HasField("senderRecord"):
+        return True
+    cache: dict[bytes, tuple[bytes, float]] | None = getattr(host, "_dcloud_records", None)
+    if cache is None:
+        cache = {}
+        host._dcloud_records = cache
+    key, raw, now = peer_id.to_bytes(), msg.senderRecord, trio.current_time()
+    seen = cache.get(key)
+    if seen is not None and seen[0] == raw and now - seen[1] < RECORD_RECHECK_S:
+        return True
+    ok = bool(_consume_signed_record(msg, host, peer_id))
+    if ok:
+        if len(cache) >= _MAX_RECORDS_CACHED:
+            cache.clear()
+        cache[key] = (raw, now)
+    return ok
+
+
+_pubsub_module.maybe_consume_signed_record = _consume_signed_record_once
+_gossipsub_module.maybe_consume_signed_record = _consume_signed_record_once
 
 
 def _check_port_free(addr: multiaddr.Multiaddr) -> None:
@@ -523,6 +559,7 @@ class P2PNetwork:
             raise
         except Exception as exc:
             raise DialError(f"cannot open {protocol} to {peer_id}: {exc!r}") from exc
+        self.metrics.streams_opened.labels(protocol).inc()
         return Stream(raw, peer_id, protocol, self.config.max_frame_bytes)
 
     def set_handler(self, protocol: str, handler: StreamHandler) -> None:
