@@ -48,3 +48,22 @@ async def test_a_record_is_verified_once_then_accepted_again_until_it_changes(
     await trio.sleep(0.01)
     assert p2p_host._consume_signed_record_once(rpc_with_record(record), receiver, sender_id)
     assert checked.count(record) == 2
+
+
+async def test_our_own_record_is_built_once_per_ttl(monkeypatch) -> None:
+    host = new_host(key_pair=create_new_key_pair())
+    calls = []
+    real = p2p_host._own_record
+
+    def spy(h):
+        calls.append(h)
+        return real(h)
+
+    monkeypatch.setattr(p2p_host, "_own_record", spy)
+    first, _ = p2p_host._own_record_cached(host)
+    assert [p2p_host._own_record_cached(host)[0] for _ in range(5)] == [first] * 5
+    assert len(calls) == 1
+    monkeypatch.setattr(p2p_host, "OWN_RECORD_TTL_S", 0.0)
+    await trio.sleep(0.01)
+    assert p2p_host._own_record_cached(host)[0] == first  # same addresses: same record
+    assert len(calls) == 2
