@@ -416,9 +416,12 @@ class ChunkExchange:
         return await self._request(peer, pack([VERSION, "get", chunk_id]), handle)  # type: ignore[no-any-return]
 
     async def fetch_any(self, peers: Iterable[str], chunk_id: str, max_bytes: int) -> bytes:
-        """The chunk from the first of `peers` (in order) that serves it correctly."""
+        """The chunk from the first of `peers` (in order, but this node first if it is one of
+        them) that serves it correctly."""
         errors = []
-        for peer in peers:
+        me = self.network.peer_id
+        peers = list(peers)
+        for peer in ([me] if me in peers else []) + [p for p in peers if p != me]:
             if peer == self.network.peer_id:
                 try:
                     return await trio.to_thread.run_sync(self.store.get, chunk_id)

@@ -12,10 +12,12 @@ that record exists nothing is visible, and the shards pushed so far are unpinned
 GC removes after `storage.gc_grace_s`: an interrupted put leaves neither.
 
 Get (streamed): the name is resolved (our index, else our peers), the manifest read or fetched
-(checked by its id), and each segment rebuilt from any k shards: its data shards, fetched in
-parallel from their holders, and parity shards only for data shards that could not be had, so
-nothing is decoded while the data shards are there. Up to GET_SEGMENTS_IN_FLIGHT segments are
-fetched at once and written out in order. A Range needs only the segments it covers.
+(checked by its id), and each segment rebuilt from any k shards: those this node holds itself
+first (decoding with a local parity shard costs less than receiving a data shard), then its
+data shards, fetched in parallel from their holders, and parity shards only for data shards
+that could not be had; from k data shards nothing is decoded. Up to GET_SEGMENTS_IN_FLIGHT
+segments are fetched at once and written out in order. A Range needs only the segments it
+covers.
 
 Delete: a tombstone record, signed by the node that put the object; holders unpin, GC frees.
 
@@ -590,9 +592,13 @@ class ObjectService:
 
     async def fetch_shards(self, ref: SegmentRef, k: int, skip: Sequence[int] = (),
                            use_dht: bool = False) -> dict[int, bytes]:
-        """Any k shards of a segment (data shards first), each checked against its hash."""
+        """Any k shards of a segment (ours first, then data shards), each checked against
+        its hash."""
         got: dict[int, bytes] = {}
         order = [i for i in range(len(ref.shards)) if i not in skip]
+        ours = [i for i in order if self.node_id in ref.shards[i].holders
+                and self.store.has(ref.shards[i].chunk_id)]
+        order = ours + [i for i in order if i not in ours]
         failed: list[str] = []
 
         async def one(i: int) -> None:

@@ -71,10 +71,18 @@ def alive_seen_by(member: dict) -> int:
     return sum(x["state"] == "alive" for x in doc["members"]) if code == 200 else -1
 
 
-def bad_chunks_counted(member: dict) -> float:
+def counter(member: dict, name: str) -> float:
     _, text = http_get(f"{member['http_url']}/metrics")
     return sum(float(line.split()[-1]) for line in text.splitlines()
-               if line.startswith("dcloud_storage_bad_chunks_total"))
+               if line.startswith(name))
+
+
+def bad_chunks_counted(member: dict) -> float:
+    return counter(member, "dcloud_storage_bad_chunks_total")
+
+
+def fetched_bytes(member: dict) -> float:
+    return counter(member, "dcloud_storage_fetched_bytes_total")
 
 
 def restart_lying(member: dict) -> None:
@@ -118,12 +126,24 @@ def test_put_lose_two_nodes_get_repair_corruption_and_delete(testnet_factory, tm
     assert doc["healthy_shards"] == doc["total_shards"] == 48
     assert len(holders(doc)) == 6  # k+m distinct nodes hold each segment
 
+    # A get uses the shard it holds itself (data or parity) and fetches only k-1 others.
+    mine = [sh for seg in doc["segments"] for sh in seg["shards"]
+            if node5["peer_id"] in {h["node_id"] for h in sh["holders"]}]
+    assert len(mine) == 8  # one per segment
+    shard_file = Path(node5["home"]) / "data" / "chunks" / mine[0]["chunk_id"][:2] / \
+        mine[0]["chunk_id"]
+    before = fetched_bytes(node5)
+    out = tmp_path / "back.bin"
+    cli("object", "get", "backups/data.bin", "-o", str(out), "--url", node5["http_url"],
+        timeout=180)
+    assert sha256_file(out) == digest
+    assert fetched_bytes(node5) - before == 8 * 3 * shard_file.stat().st_size
+
     # kill -9 two shard holders (neither node0 nor node5): the object is whole from node5.
     victims = [m for m in members[1:5]][:2]
     for v in victims:
         os.kill(v["pid"], signal.SIGKILL)
     alive = [m for m in members if m not in victims]
-    out = tmp_path / "back.bin"
     cli("object", "get", "backups/data.bin", "-o", str(out), "--url", node5["http_url"],
         timeout=180)
     assert sha256_file(out) == digest
