@@ -169,7 +169,7 @@ class ObjectsApi:
         return web.json_response({"name": tomb.name, "deleted": True})
 
     async def list(self, request: web.Request) -> web.Response:
-        records = self.objects.list()
+        records = self.objects.names.live_records()
         return web.json_response({"objects": [
             {"name": r.name, "size": r.size, "manifest_id": r.manifest_id,
              "created_ms": r.created_ms, "creator": r.creator} for r in records]})

@@ -215,7 +215,8 @@ class SegmentCoder:
                     type(i) is int and 0 <= i < self.n for i in shards):
                 raise ErasureError(f"expected shard indexes in [0, {self.n - 1}] and {self.n} "
                                    f"shard hashes")
-            good, bad = {i: shards[i] for i in sorted(shards)[: self.k]}, set()
+            good = {i: shards[i] for i in sorted(shards)[: self.k]}
+            bad: set[int] = set()
         else:
             good, bad = self.verified(shards, shard_hashes, enough=self.k)
         if len(good) < self.k:

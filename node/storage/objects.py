@@ -21,16 +21,13 @@ covers.
 
 Delete: a tombstone record, signed by the node that put the object; holders unpin, GC frees.
 
-Protocol `/dcloud/objects/0.1.0`, one request per stream, msgpack frames:
-- `[1, "record", bytes]` -> `[1, "ok", accepted, reason]`: offer a name record
-- `[1, "resolve", name]` -> `[1, "ok", bytes | nil]`: this node's record of a name
-- `[1, "list", after, limit]` -> `[1, "ok", [bytes, ...]]`: records after a name (<= 256)
+How name records reach the other nodes (gossip, `/dcloud/objects/0.1.0`, anti-entropy) is
+node.storage.directory.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -38,13 +35,13 @@ from typing import Any
 
 import trio
 
-from node.codec import DecodeError, pack, unpack
+from node.codec import DecodeError
 from node.crypto import Ed25519Key
 from node.errors import leaves
 from node.gossip.leader import LIVE_STATES as LIVE  # alive or suspect
-from node.p2p import P2PNetwork, Stream
-from node.p2p.addrs import verify_by_node_id
+from node.p2p import P2PNetwork
 from node.storage.chunks import ChunkStore, ChunkStoreError, chunk_id_of
+from node.storage.directory import NameDirectory, now_ms
 from node.storage.erasure import ErasureError, SegmentCoder
 from node.storage.exchange import ChunkExchange, ExchangeError
 from node.storage.manifest import (
@@ -57,11 +54,8 @@ from node.storage.manifest import (
     segment_ref,
 )
 from node.storage.names import (
-    InvalidRecord,
     NameIndex,
     NameRecord,
-    Offer,
-    judge,
     new_record,
     update_record,
     validate_name,
@@ -72,17 +66,12 @@ from node.storage.segmenter import SegmentCutter
 
 log = logging.getLogger("dcloud.storage.objects")
 
-PROTOCOL = "/dcloud/objects/0.1.0"
-VERSION = 1
-MAX_FRAME_BYTES = 512 * 1024
-MAX_LIST = 256
 REQUEST_TIMEOUT_S = 15.0
 PUT_SEGMENTS_IN_FLIGHT = 2
 GET_SEGMENTS_IN_FLIGHT = 4
 SAME_NODE_TRIES = 4  # pushes of a shard to its chosen node before the next in the ranking
 RECONNECT_WAIT_S = 5.0
 PUSH_TIMEOUT_S = 60.0
-RECORD_PENALTY = 10
 PROVIDE_INTERVAL_S = 10.0
 PROVIDE_PER_ROUND = 64
 REPROVIDE_S = 3600.0
@@ -165,9 +154,11 @@ class ObjectService:
         self.region = region
         self.config = config
         self.metrics = metrics
-        self.topic = f"dcloud/{chain_id}/objects"
         self.members = members  # () -> MemberView list (node.gossip.swim), self included
         self.leaders = leaders  # () -> region -> leader (node.gossip.leader)
+        self.names = NameDirectory(network=network, index=index, chain_id=chain_id,
+                                   manifest_of=self.manifest_of, after_change=self.after_change,
+                                   member_states=self.member_states)
         self._nursery: trio.Nursery | None = None
         self.repairs_pending = 0  # shards the last audit found lost (node.storage.repair)
 
@@ -175,14 +166,13 @@ class ObjectService:
 
     def install(self) -> None:
         self.exchange.install()
-        self.network.set_handler(PROTOCOL, self._serve)
+        self.names.install()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self._read_gossip)
+            await nursery.start(self.names.run)
             nursery.start_soon(self._gc_loop)
-            nursery.start_soon(self._sync_index)
             nursery.start_soon(self._provide_loop)
             self.refresh_metrics()
             task_status.started()
@@ -263,7 +253,7 @@ class ObjectService:
         if not offer.accepted:
             raise PutFailed(f"name record refused: {offer.reason}")
         await self.after_change(record, offer.replaced)
-        await self.announce(record, holders_of(manifest))
+        await self.names.announce(record, holders_of(manifest))
         self.metrics.objects_put.inc()
         self.metrics.object_bytes_put.inc(manifest.size)
         log.info("put object %s: %d bytes, %d segments, manifest %s", name, manifest.size,
@@ -338,54 +328,7 @@ class ObjectService:
         if len(failures) == len(targets):
             raise PutFailed(f"the manifest reached no node: {'; '.join(failures)}")
 
-    async def announce(self, record: NameRecord, holders: Sequence[str]) -> None:
-        """Tell the object's holders directly (they pin on it), then everyone by gossip."""
-        data = record.encode()
-
-        async def one(node: str) -> None:
-            try:
-                await self._request(node, [VERSION, "record", data])
-            except trio.Cancelled:
-                raise
-            except Exception as exc:  # it will hear by gossip; repair covers the rest
-                log.info("record to %s failed: %s", node, exc)
-
-        states = self.member_states()
-        async with trio.open_nursery() as nursery:
-            for node in sorted(set(holders) - {self.node_id}):
-                if states.get(node, "alive") in LIVE:  # the dead hear later
-                    nursery.start_soon(one, node)
-        try:
-            await self.network.publish(self.topic, data)
-        except Exception as exc:
-            log.info("publishing the record of %s failed: %s", record.name, exc)
-
-    # ---- records ----------------------------------------------------------------------------
-
-    async def offer_record(self, record: NameRecord) -> Offer:
-        """Apply a record from a peer: judge it, check a repair's manifest, store, pin."""
-        held = self.index.get(record.name)
-        if held == record:
-            # Heard again (gossip, index sync): pin what we hold of it, in case the first
-            # time came before the chunks did.
-            await self.after_change(record, None)
-            return Offer(False, "already held")
-        verdict = judge(record, held, now_ms())
-        if not verdict.accepted:
-            return verdict
-        same: Callable[[NameRecord, NameRecord], bool] | None = None
-        if verdict.needs_content_check:
-            assert held is not None
-            try:
-                old = await self.manifest_of(held)
-                new = await self.manifest_of(record)
-            except ObjectError as exc:
-                return Offer(False, f"cannot check the repair: {exc}")
-            same = lambda _held, _new: old.same_content(new)  # noqa: E731
-        offer = self.index.offer(record, same_content=same)
-        if offer.accepted:
-            await self.after_change(record, offer.replaced)
-        return offer
+    # ---- names ----------------------------------------------------------------------------
 
     async def after_change(self, record: NameRecord, replaced: NameRecord | None) -> None:
         """Pin what we hold of the object now named, unpin what no name holds any more."""
@@ -404,81 +347,11 @@ class ObjectService:
                                           owner_of(record.manifest_id))
         self.refresh_metrics()
 
-    async def _read_gossip(self) -> None:
-        async for msg in self.network.subscribe(self.topic):
-            if msg.from_peer == self.node_id:
-                continue
-            try:
-                record = NameRecord.decode(msg.data, verify_by_node_id)
-            except InvalidRecord as exc:
-                self.network.book.penalise(msg.from_peer, RECORD_PENALTY, f"bad record: {exc}")
-                continue
-            try:
-                await self.offer_record(record)
-            except Exception as exc:  # a peer's record must never stop this loop
-                log.warning("record of %s from gossip: %r", record.name, exc)
-
-    async def _sync_index(self) -> None:
-        """Anti-entropy: copy the index of a random peer (paged), soon after start and then
-        every minute, so a node that missed gossip (or was down) learns every name."""
-        while True:
-            await trio.sleep(2.0)
-            peers = self.network.connected_peer_ids()
-            if not peers:
-                continue
-            peer = random.choice(peers)
-            after = ""
-            try:
-                while True:
-                    answer = await self._request(peer, [VERSION, "list", after, MAX_LIST])
-                    items = answer[0] if answer and isinstance(answer[0], list) else []
-                    for data in items:
-                        try:
-                            record = NameRecord.decode(data, verify_by_node_id)
-                        except InvalidRecord:
-                            continue
-                        after = max(after, record.name)
-                        await self.offer_record(record)
-                    if len(items) < MAX_LIST:
-                        break
-            except trio.Cancelled:
-                raise
-            except Exception as exc:
-                log.debug("index sync with %s: %r", peer, exc)
-                continue
-            await trio.sleep(60.0)
-
-    # ---- lookups ----------------------------------------------------------------------------
-
     async def resolve(self, name: str) -> NameRecord | None:
         """Our record of `name`, else the newest valid one our peers hold (then kept)."""
-        name = _checked_name(name)
-        held = self.index.get(name)
-        if held is not None:
-            return held
-        found: list[NameRecord] = []
+        return await self.names.resolve(_checked_name(name))
 
-        async def ask(peer: str) -> None:
-            try:
-                answer = await self._request(peer, [VERSION, "resolve", name])
-                if answer and isinstance(answer[0], bytes):
-                    record = NameRecord.decode(answer[0], verify_by_node_id)
-                    if record.name == name:
-                        found.append(record)
-            except trio.Cancelled:
-                raise
-            except Exception as exc:
-                log.debug("resolve %s at %s: %r", name, peer, exc)
-
-        with trio.move_on_after(REQUEST_TIMEOUT_S):
-            async with trio.open_nursery() as nursery:
-                for peer in self.network.connected_peer_ids()[:32]:
-                    nursery.start_soon(ask, peer)
-        # Offer the lineage starts first, oldest first, then updates: the index keeps the
-        # winner, and an update is accepted only on top of its lineage.
-        for record in sorted(found, key=lambda r: (r.updated_ms != r.created_ms, r.order)):
-            await self.offer_record(record)
-        return self.index.get(name)
+    # ---- lookups ----------------------------------------------------------------------------
 
     async def open(self, name: str) -> StoredObject:
         record = await self.resolve(name)
@@ -516,15 +389,6 @@ class ObjectService:
         except ChunkStoreError:
             pass
         return manifest
-
-    def list(self) -> list[NameRecord]:
-        out, after = [], ""
-        while True:
-            page = self.index.live(after, 1000)
-            out += page
-            if len(page) < 1000:
-                return out
-            after = page[-1].name
 
     # ---- get --------------------------------------------------------------------------------
 
@@ -658,7 +522,7 @@ class ObjectService:
             except ObjectError:
                 pass
         await self.after_change(tomb, offer.replaced)
-        await self.announce(tomb, holders)
+        await self.names.announce(tomb, holders)
         return tomb
 
     # ---- status -----------------------------------------------------------------------------
@@ -770,59 +634,6 @@ class ObjectService:
                          result.freed_bytes)
             self.refresh_metrics()
 
-    # ---- protocol ---------------------------------------------------------------------------
-
-    async def _request(self, peer: str, request: list[Any]) -> list[Any]:
-        with trio.fail_after(REQUEST_TIMEOUT_S):
-            stream = await self.network.open_stream(peer, PROTOCOL)
-            try:
-                await stream.write_frame(pack(request))
-                frame = await stream.read_frame(MAX_FRAME_BYTES)
-            finally:
-                await stream.close()
-        if frame is None:
-            raise ObjectError(f"peer {peer} closed the stream")
-        msg = unpack(frame, max_bytes=MAX_FRAME_BYTES, max_items=MAX_LIST + 8)
-        if not isinstance(msg, list) or len(msg) < 2 or msg[0] != VERSION or msg[1] != "ok":
-            raise ObjectError(f"peer {peer} answered {str(msg)[:100]}")
-        return msg[2:]
-
-    async def _serve(self, stream: Stream) -> None:
-        peer = stream.peer_id
-        try:
-            with trio.fail_after(REQUEST_TIMEOUT_S):
-                frame = await stream.read_frame(MAX_FRAME_BYTES)
-                if frame is None:
-                    return  # closed before asking anything: a broken connection
-                await stream.write_frame(pack(await self._answer(peer, frame)))
-        except (DecodeError, InvalidRecord, ValueError, TypeError) as exc:
-            self.network.book.penalise(peer, RECORD_PENALTY, f"bad objects request: {exc}")
-            try:
-                await stream.write_frame(pack([VERSION, "err", "bad_request", str(exc)[:300]]))
-            except Exception:
-                pass
-        except Exception as exc:
-            log.debug("objects stream from %s: %r", peer, exc)
-        finally:
-            await stream.close()  # Stream.close never raises
-
-    async def _answer(self, peer: str, frame: bytes) -> list[Any]:
-        msg = unpack(frame, max_bytes=MAX_FRAME_BYTES, max_items=16)
-        if not isinstance(msg, list) or len(msg) < 2 or msg[0] != VERSION:
-            raise DecodeError("expected [1, op, ...]")
-        op = msg[1]
-        if op == "record" and len(msg) == 3 and isinstance(msg[2], bytes):
-            offer = await self.offer_record(NameRecord.decode(msg[2], verify_by_node_id))
-            return [VERSION, "ok", offer.accepted, offer.reason]
-        if op == "resolve" and len(msg) == 3:
-            record = self.index.get(validate_name(msg[2]))
-            return [VERSION, "ok", None if record is None else record.encode()]
-        if op == "list" and len(msg) == 4 and isinstance(msg[2], str) and \
-                type(msg[3]) is int and 1 <= msg[3] <= MAX_LIST and len(msg[2]) <= 255:
-            return [VERSION, "ok", [r.encode() for r in self.index.all(msg[2], msg[3])]]
-        raise DecodeError(f"unknown or malformed op {str(op)[:32]!r}")
-
-
 def holders_of(manifest: Manifest) -> list[str]:
     seen: dict[str, None] = {}
     for ref in manifest.segments:
@@ -859,5 +670,3 @@ def _put_error(group: BaseExceptionGroup[Exception]) -> ObjectError:
     return PutFailed("; ".join(str(e) for e in found[:3]) or "put failed")
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)

@@ -99,7 +99,7 @@ class Repairer:
     async def audit_all(self) -> int:
         """Audit every object this node is responsible for; returns shards repaired."""
         repaired = pending = 0
-        for record in self.objects.list():
+        for record in self.objects.names.live_records():
             if self.responsible(record) != self.objects.node_id:
                 continue
             try:
@@ -266,7 +266,8 @@ class Repairer:
             log.warning("repaired record of %s refused: %s", record.name, offer.reason)
             return 0
         await objects.after_change(updated, offer.replaced)
-        await objects.announce(updated, sorted(set(holders_of(new)) | set(holders_of(manifest))))
+        await objects.names.announce(updated,
+                                     sorted(set(holders_of(new)) | set(holders_of(manifest))))
         log.info("repaired %d shard(s) of %s: manifest %s", repaired, record.name, new.id[:16])
         return repaired
 
