@@ -18,9 +18,10 @@ settings the node applies at start (node.storage.erasure.keep_freed_memory).
 
 Network section: end-to-end put (on node0) and get (from node3) MB/s of one object over HTTP
 on a 6-node loopback testnet (`dcloud-node testnet up`, RS(4,2), all processes on the same
-2 cores), next to the raw libp2p stream throughput between two processes measured in the
-same run (a bare host that discards what it reads; written 1 MiB at a time through
-node.p2p.Stream, as the chunk exchange writes).
+2 cores), with the CPU each node spent per MiB during the get (from /proc), next to the raw
+libp2p stream throughput between two processes measured in the same run (a bare host that
+discards what it reads; written 1 MiB at a time through node.p2p.Stream, as the chunk
+exchange writes), measured again beside the idle testnet for context.
 
     .venv/bin/python bench/storage.py --skip-codec [--payload-mib 64] [--net-runs 2]
 """
@@ -241,6 +242,12 @@ def raw_stream_mb_s(total_mib: int, runs: int) -> list[float]:
         child.wait(10)
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _http(url: str, method: str, path: str, body_file: Path | None = None,
           out: bool = False) -> tuple[int, int]:
     """(status, bytes received) of one streamed request."""
@@ -302,15 +309,21 @@ def network_section(args: argparse.Namespace) -> None:
             if status != 201:
                 print(f"  run {run}: put failed with HTTP {status}")
                 continue
+            pids = [m["pid"] for m in members]
+            cpu_before = [_cpu_s(pid) for pid in pids]
             started = time.perf_counter()
             status, got = _http(members[3]["http_url"], "GET", f"/objects/bench-{run}")
             get_s = time.perf_counter() - started
+            cpu = [_cpu_s(pid) - b for pid, b in zip(pids, cpu_before, strict=True)]
             if status != 200 or got != size:
                 print(f"  run {run}: get failed (HTTP {status}, {got} bytes)")
                 continue
             puts.append(size / put_s / 1e6)
             gets.append(size / get_s / 1e6)
-            print(f"  run {run}: put {puts[-1]:.1f} MB/s, get {gets[-1]:.1f} MB/s")
+            per_mib = [c * 1000 / args.payload_mib for c in cpu]
+            print(f"  run {run}: put {puts[-1]:.1f} MB/s, get {gets[-1]:.1f} MB/s; get CPU "
+                  f"ms/MiB: getter {per_mib[3]:.1f}, all six {sum(per_mib):.1f} "
+                  f"(node0-5: {', '.join(f'{x:.1f}' for x in per_mib)})")
         # The same raw stream again with the six idle nodes running (context only: the
         # reference stays the quiet one measured first).
         loaded = raw_stream_mb_s(args.payload_mib, args.net_runs)
