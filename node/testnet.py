@@ -237,14 +237,13 @@ def up(directory: Path, *, nodes: int, base_port: int, timeout: float,
             print(f"{node.name}: started pid {node.pid} ({node.http_url})")
     save(directory, members)
 
-    print(f"waiting up to {timeout:.0f} s for {nodes} node(s) to be ready "
-          f"with {nodes - 1} peer(s) each...")
+    print(f"waiting up to {timeout:.0f} s for {nodes} node(s) to be ready, with {nodes - 1} "
+          f"peer(s) each and all {nodes} alive in every node's membership view...")
     deadline = time.monotonic() + timeout
     last_report = 0.0
     while True:
         statuses = [fetch_status(n.http_url) for n in members]
-        done = [bool(s is not None and s.get("ready") and len(s.get("peers", [])) >= nodes - 1)
-                for s in statuses]
+        done = [_ready(s, nodes) for s in statuses]
         dead = [n for n in members if not pid_alive(n.pid)]
         if dead:
             names = ", ".join(f"{n.name} (see {n.home}/logs/stdout.log)" for n in dead)
@@ -262,6 +261,19 @@ def up(directory: Path, *, nodes: int, base_port: int, timeout: float,
         time.sleep(0.3)
     print(format_table(members, statuses))
     return 0
+
+
+def _ready(status: dict[str, Any] | None, nodes: int) -> bool:
+    """Ready, connected to every other node and, where membership runs, seeing all of them
+    alive: what a put (which places shards on live members) needs right after `up`."""
+    if status is None or not status.get("ready") or len(status.get("peers", [])) < nodes - 1:
+        return False
+    membership = status.get("membership")
+    if not isinstance(membership, dict) or not isinstance(membership.get("members"), list):
+        return True
+    alive = sum(1 for m in membership["members"]
+                if isinstance(m, dict) and m.get("state") == "alive")
+    return alive >= nodes
 
 
 def format_table(members: list[TestnetNode], statuses: list[dict[str, Any] | None]) -> str:

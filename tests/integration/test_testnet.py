@@ -29,6 +29,11 @@ def test_four_node_testnet_mesh_discovery_restart_and_down(testnet_factory):
         assert pid_alive(m["pid"])
         assert m["p2p_addr"].endswith(f"/p2p/{m['peer_id']}")
     assert _full_mesh(net)
+    # `up` returned only once every node saw all four alive (membership), at once usable
+    # (tests/unit/test_testnet_ready.py checks the rule itself).
+    for m in members:
+        doc = http_get(f"{m['http_url']}/members")[1]
+        assert sum(x["state"] == "alive" for x in doc["members"]) == 4, (m["name"], doc)
 
     # Every node other than node0 was given node0 alone as bootstrap peer: the links
     # between them were found through the DHT.
