@@ -146,14 +146,13 @@ class ChunkExchange:
         peer = stream.peer_id
         try:
             while True:
-                with trio.move_on_after(STREAM_IDLE_S):
+                frame = None
+                with trio.move_on_after(STREAM_IDLE_S):  # only the wait for a request
                     frame = await stream.read_frame(MAX_CONTROL_FRAME_BYTES)
-                    if frame is None:
-                        return  # closed before asking (more): a requester done with it
-                    with trio.fail_after(REQUEST_TIMEOUT_S):
-                        await self._answer(stream, _parse(frame, "request"))
-                    continue
-                return  # idle too long
+                if frame is None:
+                    return  # idle too long, or closed: a requester done with the stream
+                with trio.fail_after(REQUEST_TIMEOUT_S):
+                    await self._answer(stream, _parse(frame, "request"))
         except ProtocolViolation as exc:
             log.info("bad chunk request from %s: %s", peer, exc)
             self.network.book.penalise(peer, BAD_REQUEST_PENALTY, f"bad chunk request: {exc}")
