@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.ports import HOST, free_port_block, port_block_free  # noqa: F401 - used by tests
 
@@ -43,6 +44,13 @@ def http_request(method: str, url: str, body: bytes | None = None) -> tuple[int,
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def metric(member: dict[str, Any], name: str) -> float:
+    """The sum of the samples named `name` (e.g. `..._total`) in a node's /metrics."""
+    _, text = http_get(f"{member['http_url']}/metrics")
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == name)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:

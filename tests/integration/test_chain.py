@@ -13,11 +13,10 @@ from pathlib import Path
 
 import cbor2
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from node.crypto import read_key_file
 from node.ledger.tx import Transfer
-from tests.integration.conftest import cli, http_get, pid_alive, wait_for
+from tests.integration.conftest import cli, http_get, metric, pid_alive, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -67,12 +66,6 @@ def post_batch(member: dict, body: bytes) -> tuple[int, dict]:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
-
-
-def metric(member: dict, name: str) -> float:
-    _, text = http_get(f"{member['http_url']}/metrics")
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == name)
 
 
 def start_member(member: dict) -> None:

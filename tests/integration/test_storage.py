@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import cli, http_get, http_request, pid_alive, wait_for
+from tests.integration.conftest import (
+    cli,
+    http_get,
+    http_request,
+    metric,
+    pid_alive,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -36,15 +43,8 @@ def start(testnet_factory) -> list[dict]:
     net = testnet_factory(6)
     net.up(120, *FAST)
     members = net.members()
-
-    def all_alive() -> bool:
-        for m in members:
-            code, doc = http_get(f"{m['http_url']}/members")
-            if code != 200 or sum(x["state"] == "alive" for x in doc["members"]) != 6:
-                return False
-        return True
-
-    wait_for(all_alive, 30, "six alive members on every node")
+    wait_for(lambda: all(alive_seen_by(m) == 6 for m in members), 30,
+             "six alive members on every node")
     return members
 
 
@@ -69,20 +69,6 @@ def sha256_file(path: Path) -> str:
 def alive_seen_by(member: dict) -> int:
     code, doc = http_get(f"{member['http_url']}/members")
     return sum(x["state"] == "alive" for x in doc["members"]) if code == 200 else -1
-
-
-def counter(member: dict, name: str) -> float:
-    _, text = http_get(f"{member['http_url']}/metrics")
-    return sum(float(line.split()[-1]) for line in text.splitlines()
-               if line.startswith(name))
-
-
-def bad_chunks_counted(member: dict) -> float:
-    return counter(member, "dcloud_storage_bad_chunks_total")
-
-
-def fetched_bytes(member: dict) -> float:
-    return counter(member, "dcloud_storage_fetched_bytes_total")
 
 
 def restart_lying(member: dict) -> None:
@@ -132,12 +118,13 @@ def test_put_lose_two_nodes_get_repair_corruption_and_delete(testnet_factory, tm
     assert len(mine) == 8  # one per segment
     shard_file = Path(node5["home"]) / "data" / "chunks" / mine[0]["chunk_id"][:2] / \
         mine[0]["chunk_id"]
-    before = fetched_bytes(node5)
+    before = metric(node5, "dcloud_storage_fetched_bytes_total")
     out = tmp_path / "back.bin"
     cli("object", "get", "backups/data.bin", "-o", str(out), "--url", node5["http_url"],
         timeout=180)
     assert sha256_file(out) == digest
-    assert fetched_bytes(node5) - before == 8 * 3 * shard_file.stat().st_size
+    fetched = metric(node5, "dcloud_storage_fetched_bytes_total") - before
+    assert fetched == 8 * 3 * shard_file.stat().st_size
 
     # kill -9 two shard holders (neither node0 nor node5): the object is whole from node5.
     victims = [m for m in members[1:5]][:2]
@@ -286,6 +273,6 @@ def test_interrupted_puts_leave_nothing_and_bad_requests_are_refused(testnet_fac
         if liar["peer_id"] not in {p["peer_id"] for p in http_get(
                 f"{getter['http_url']}/status")[1]["peers"]}:
             break
-    assert bad_chunks_counted(getter) >= 3, put
+    assert metric(getter, "dcloud_storage_bad_chunks_total") >= 3, put
     wait_for(lambda: liar["peer_id"] not in {p["peer_id"] for p in http_get(
         f"{getter['http_url']}/status")[1]["peers"]}, 15, "the liar to be disconnected")
