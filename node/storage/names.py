@@ -149,8 +149,8 @@ def update_record(held: NameRecord, node_id: str, now_ms: int, sign: Callable[[b
                   *, manifest_id: str | None = None, deleted: bool = False) -> NameRecord:
     """A later record of the same lineage: a repair (new manifest id) or a delete."""
     return replace(held, manifest_id=manifest_id or held.manifest_id,
-                    updated_ms=max(now_ms, held.updated_ms + 1), signer=node_id,
-                    deleted=deleted, signature=b"").signed(sign)
+                   updated_ms=max(now_ms, held.updated_ms + 1), signer=node_id,
+                   deleted=deleted, signature=b"").signed(sign)
 
 
 @dataclass(frozen=True)

@@ -612,8 +612,8 @@ class ObjectService:
         while True:
             await trio.sleep(PROVIDE_INTERVAL_S)
             now = time.monotonic()
-            pinned = [c for c in await trio.to_thread.run_sync(self.store.pinned_ids)
-                      if self.store.has(c)]
+            pinned = await trio.to_thread.run_sync(
+                lambda: [c for c in self.store.pinned_ids() if self.store.has(c)])
             due = [c for c in pinned if now - announced.get(c, -1e9) > REPROVIDE_S]
             batch = due[:PROVIDE_PER_ROUND]
             if batch:
