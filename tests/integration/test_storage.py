@@ -112,6 +112,16 @@ def test_put_lose_two_nodes_get_repair_corruption_and_delete(testnet_factory, tm
     assert doc["healthy_shards"] == doc["total_shards"] == 48
     assert len(holders(doc)) == 6  # k+m distinct nodes hold each segment
 
+    # HEAD: the size and the manifest id, no body.
+    req = http.client.HTTPConnection(node5["http_url"].removeprefix("http://"), timeout=60)
+    req.request("HEAD", "/objects/backups/data.bin")
+    resp = req.getresponse()
+    assert resp.status == 200 and resp.read() == b""
+    assert resp.getheader("Content-Length") == str(32 * MIB)
+    assert resp.getheader("ETag") == f'"{put["manifest_id"]}"'
+    assert resp.getheader("X-Dcloud-Encrypted") == "false"
+    req.close()
+
     # A get uses the shard it holds itself (data or parity) and fetches only k-1 others.
     mine = [sh for seg in doc["segments"] for sh in seg["shards"]
             if node5["peer_id"] in {h["node_id"] for h in sh["holders"]}]
