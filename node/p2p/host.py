@@ -11,7 +11,7 @@ import hashlib
 import logging
 import math
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +50,7 @@ from node.crypto import Ed25519Key
 from node.metrics import P2PMetrics
 from node.p2p.addrs import PeerAddr, parse_listen_addr, probe_tcp_listen
 from node.p2p.peers import PeerBook
+from node.p2p.providers import Announcer
 from node.p2p.stream import Stream
 
 log = logging.getLogger("dcloud.p2p")
@@ -365,6 +366,7 @@ class P2PNetwork:
         self._host: Any = None
         self._pubsub: Any = None
         self._dht: Any = None
+        self._announcer: Announcer | None = None
         self._handlers: dict[str, StreamHandler] = {}
         self._nursery: trio.Nursery | None = None
         self.connection_changed = trio.Event()
@@ -420,6 +422,7 @@ class P2PNetwork:
         self._pubsub = GuardedPubsub(host, router, strict_signing=True)
         self._pubsub.on_bad_rpc = self._bad_pubsub_rpc
         self._dht = KadDHT(host, DHTMode.SERVER)
+        self._announcer = Announcer(host, self._dht)
         host.get_network().register_notifee(_ConnectionEvents(self))
         for addr in self._listen:
             _check_port_free(addr)
@@ -636,8 +639,12 @@ class P2PNetwork:
     async def add_to_routing_table(self, peer_id: str) -> None:
         await self._dht.add_peer(ID.from_base58(peer_id))
 
-    async def provide(self, key: str) -> bool:
-        return bool(await self._dht.provide(key))
+    async def provide(self, keys: Sequence[str]) -> list[str]:
+        """Announce DHT provider records for `keys`; the keys that went out (the others did
+        not fit in a peer's allowance: call again later). See node.p2p.providers."""
+        if self._announcer is None:
+            raise DialError("the host is not running")
+        return await self._announcer.provide(keys)
 
     async def find_providers(self, key: str, count: int = 20) -> list[str]:
         infos = await self._dht.find_providers(key, count)

@@ -63,7 +63,7 @@ STREAM_IDLE_S = 30.0  # a server waits this long for the next request on a strea
 POOL_IDLE_S = 10.0  # a requester reuses a stream idle at most this long (< STREAM_IDLE_S)
 BAD_DATA_PENALTY = 40
 BAD_REQUEST_PENALTY = 10
-PROVIDE_TIMEOUT_S = 10.0
+PROVIDE_TIMEOUT_S = 60.0  # a batch; each peer's part has its own 10 s
 
 
 class ExchangeError(Exception):
@@ -437,19 +437,18 @@ class ChunkExchange:
 
     # ---- DHT provider records --------------------------------------------------------------
 
-    async def announce(self, chunk_ids: Iterable[str]) -> int:
-        """Publish a DHT provider record for each chunk id (we hold it); returns how many."""
-        done = 0
-        for chunk_id in chunk_ids:
-            try:
-                with trio.fail_after(PROVIDE_TIMEOUT_S):
-                    if await self.network.provide(validate_chunk_id(chunk_id)):
-                        done += 1
-            except trio.Cancelled:
-                raise
-            except Exception as exc:
-                log.debug("provide %s failed: %r", chunk_id[:16], exc)
-        return done
+    async def announce(self, chunk_ids: Sequence[str]) -> list[str]:
+        """Publish DHT provider records for chunks we hold; the ids that went out. Peers take
+        only so many records a window (node.p2p.providers): the rest wait for a later call."""
+        ids = [validate_chunk_id(c) for c in chunk_ids]
+        try:
+            with trio.fail_after(PROVIDE_TIMEOUT_S):
+                return await self.network.provide(ids)
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            log.debug("provide of %d chunks failed: %r", len(ids), exc)
+            return []
 
     async def providers(self, chunk_id: str) -> list[str]:
         """Peers that announced `chunk_id` in the DHT (never us), bounded in time."""

@@ -184,8 +184,37 @@ async def test_a_chunk_announced_in_the_dht_is_found_and_fetched(tmp_path: Path)
         server.store.put(data)
         assert await client.providers(chunk_id) == []
         with trio.fail_after(30):
-            while await server.announce([chunk_id]) != 1:
+            while await server.announce([chunk_id]) != [chunk_id]:
                 await trio.sleep(0.5)  # the DHT needs its routing table first
             while server.network.peer_id not in await client.providers(chunk_id):
                 await trio.sleep(0.5)
         assert await client.fetch_found(chunk_id, len(data)) == data
+
+
+async def test_announcements_fit_each_peers_window_and_all_land(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    # A py-libp2p peer takes 10 ADD_PROVIDER messages from a sender per window and resets the
+    # stream after that; 25 records at once used to lose 15 at every receiver, unseen.
+    from node.p2p import providers
+
+    monkeypatch.setattr(providers, "WINDOW_S", 2.0)
+    blobs = [os.urandom(1000 + i) for i in range(25)]
+    ids = [chunk_id_of(b) for b in blobs]
+    async with two_nodes(tmp_path) as (client, server):
+        client.network._dht._provider_rate_window = 1.0  # the receiver's window, shortened
+        for blob in blobs:
+            server.store.put(blob)
+        with trio.fail_after(30):
+            while not (first := await server.announce(ids)):
+                await trio.sleep(0.2)  # until the server knows a peer
+        assert first == ids[:providers.LIBP2P_PROVIDES_PER_WINDOW]
+        assert await server.announce(ids[10:]) == []  # this window is spent
+        await trio.sleep(2.1)
+        assert await server.announce(ids[10:]) == ids[10:20]
+        # Every record sent is held by the receiver (none were refused).
+        held = client.network._dht.provider_store
+        from libp2p.kad_dht.kad_dht import _encode_key
+        for chunk_id in ids[:20]:
+            assert [p.peer_id.to_base58() for p in held.get_providers(_encode_key(chunk_id))] \
+                == [server.network.peer_id], chunk_id
+        assert server.network.peer_id in await client.providers(ids[15])
