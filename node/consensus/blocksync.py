@@ -30,7 +30,8 @@ PROTOCOL = "/dcloud/blocksync/0.1.0"
 MAX_REQUEST_BYTES = 64
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 REQUEST_TIMEOUT_S = 10.0
-STATUS_INTERVAL_S = 2.0
+STATUS_INTERVAL_S = 2.0  # between status polls while our height stands still
+STATUS_LIVE_INTERVAL_S = 10.0  # and while we commit blocks
 BAD_BLOCK_PENALTY = 50
 # At start-up, how long to wait for a first peer before deciding nobody is ahead of us.
 STARTUP_PEER_WAIT_S = 5.0
@@ -172,7 +173,12 @@ class BlockSync:
 
     async def run(self) -> None:
         svc = self.service
+        polled_at = svc.height
         while True:
+            # Committing blocks means we keep up, and a peer's message from a later height
+            # wakes us at once: then the poll (a stream to every peer) is only a fallback.
+            interval = STATUS_INTERVAL_S if svc.height <= polled_at else STATUS_LIVE_INTERVAL_S
+            polled_at = svc.height
             await self._poll_status()
             ahead = self._ahead_peers()
             best = max((svc.peer_heights[p] for p in ahead), default=0)
@@ -182,7 +188,7 @@ class BlockSync:
             else:
                 svc.catching_up = False
             self._wake = trio.Event()
-            with trio.move_on_after(STATUS_INTERVAL_S):
+            with trio.move_on_after(interval):
                 await self._wake.wait()
 
     async def _fetch_from(self, peers: list[str]) -> None:

@@ -47,6 +47,7 @@ from node.p2p import P2PNetwork, Stream
 from node.p2p.addrs import public_key_of, verify_by_node_id
 from node.p2p.breaker import BreakerRegistry, CircuitOpenError
 from node.p2p.breaker import call as breaker_call
+from node.p2p.links import FrameLinks, serve_frames
 from node.runtime.resources import ResourceMonitor
 
 log = logging.getLogger("dcloud.gossip")
@@ -57,6 +58,10 @@ RELAY_LAG = 2  # own heartbeats not seen relayed before we publish ourselves
 MAX_SWIM_FRAME_BYTES = MAX_FRAME_BYTES  # a push_pull (full state) is the largest message
 TICK_S = 0.05
 SEND_TIMEOUT_S = 1.0
+# SWIM messages to a peer follow one another on one stream (node.p2p.links): the sender
+# closes it after LINK_IDLE_S without a message, the receiver gives up after SERVE_IDLE_S.
+LINK_IDLE_S = 20.0
+SERVE_IDLE_S = 60.0
 SEND_CONCURRENCY = 32
 LEAVE_GRACE_S = 1.0
 BAD_MESSAGE_PENALTY = 10
@@ -104,6 +109,7 @@ class MembershipService:
         self._counted_probes = (0, 0)
         self._suspected_at: dict[str, float] = {}
         self._limiter = trio.CapacityLimiter(SEND_CONCURRENCY)
+        self._links = FrameLinks(network, PROTOCOL, idle_s=LINK_IDLE_S)
         self._nursery: trio.Nursery | None = None
         self._left = False
 
@@ -154,11 +160,7 @@ class MembershipService:
             self._remember_addrs(send.to)
             try:
                 with trio.fail_after(SEND_TIMEOUT_S):
-                    stream = await self.network.open_stream(send.to, PROTOCOL)
-                    try:
-                        await stream.write_frame(send.data)
-                    finally:
-                        await stream.close()
+                    await self._links.send(send.to, send.data)
             except Exception as exc:  # a lost datagram; SWIM's probes notice what matters
                 log.debug("swim message to %s lost: %r", send.to, exc)
 
@@ -169,26 +171,24 @@ class MembershipService:
             self.network.add_peer_addrs(node_id, list(member.addrs))
 
     async def _serve(self, stream: Stream) -> None:
+        """SWIM messages from one peer, on a stream it keeps open (node.p2p.links)."""
         assert self.core is not None
-        try:
-            with trio.fail_after(SEND_TIMEOUT_S):
-                frame = await stream.read_frame(MAX_SWIM_FRAME_BYTES)
-        except Exception as exc:
-            log.debug("bad swim stream from %s: %r", stream.peer_id, exc)
-            self.network.book.penalise(stream.peer_id, BAD_MESSAGE_PENALTY,
-                                       f"bad swim frame: {exc}")
-            await stream.reset()
-            return
-        finally:
-            await stream.close()
-        if frame is None:
-            return
-        before = self.core.stats.rejected_messages
-        self._deliver(self.core.on_message(stream.peer_id, frame, now_ms()))
-        if self.core.stats.rejected_messages > before:
-            self.network.book.penalise(stream.peer_id, BAD_MESSAGE_PENALTY,
-                                       "rejected membership message")
-        self._after_change()
+        peer = stream.peer_id
+
+        def on_frame(frame: bytes) -> None:
+            assert self.core is not None
+            before = self.core.stats.rejected_messages
+            self._deliver(self.core.on_message(peer, frame, now_ms()))
+            if self.core.stats.rejected_messages > before:
+                self.network.book.penalise(peer, BAD_MESSAGE_PENALTY,
+                                           "rejected membership message")
+            self._after_change()
+
+        def on_bad(exc: Exception) -> None:
+            log.debug("bad swim stream from %s: %r", peer, exc)
+            self.network.book.penalise(peer, BAD_MESSAGE_PENALTY, f"bad swim frame: {exc}")
+
+        await serve_frames(stream, MAX_SWIM_FRAME_BYTES, SERVE_IDLE_S, on_frame, on_bad)
 
     async def _tick_loop(self) -> None:
         assert self.core is not None

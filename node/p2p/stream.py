@@ -125,6 +125,13 @@ class Stream:
             raise MalformedFrame(f"{self.peer_id} sent an overlong length prefix")
         return await self.read_exactly(length)
 
+    @property
+    def peer_done(self) -> bool:
+        """True once the peer closed its end or reset the stream: it reads no more, so bytes
+        written now are lost (yamux lets us write on after the peer's FIN)."""
+        muxed = getattr(self._raw, "muxed_stream", None)
+        return bool(getattr(muxed, "recv_closed", False) or getattr(muxed, "reset_received", False))
+
     async def write_frame(self, payload: bytes) -> None:
         await self.write(encode_frame(payload))
 
