@@ -34,7 +34,7 @@ class ConsensusParams:
     # While nothing waits to be committed (no tx, no evidence, no peer already in the next
     # height), wait up to this long before starting the next height; 0 makes a block every
     # timeout_commit_ms whatever happens (CometBFT's create_empty_blocks_interval).
-    empty_block_interval_ms: int = 1000
+    empty_block_interval_ms: int = 5000
 
     def to_list(self) -> list[int]:
         return list(asdict(self).values())

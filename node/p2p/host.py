@@ -51,7 +51,7 @@ from node.metrics import P2PMetrics
 from node.p2p.addrs import PeerAddr, parse_listen_addr, probe_tcp_listen
 from node.p2p.peers import PeerBook
 from node.p2p.providers import Announcer
-from node.p2p.stream import Stream
+from node.p2p.stream import Stream, peer_closed
 
 log = logging.getLogger("dcloud.p2p")
 
@@ -97,6 +97,8 @@ def _expand_wildcards(listen: list[multiaddr.Multiaddr]) -> list[multiaddr.Multi
 FRAME_WRITE_TIMEOUT_S = 60.0
 STREAM_WINDOW_BYTES = 1024 * 1024  # per-stream receive window granted at open (yamux: 256 KiB)
 BAD_PUBSUB_RPC_PENALTY = 20
+PING_REUSE_S = 8.0  # a ping stream idle longer is closed (py-libp2p's handler gives up at 10 s)
+MAX_PING_STREAMS = 4096
 
 
 # Every gossipsub RPC py-libp2p sends carries the sender's signed peer record, and every
@@ -367,6 +369,7 @@ class P2PNetwork:
         self._pubsub: Any = None
         self._dht: Any = None
         self._announcer: Announcer | None = None
+        self._ping_streams: dict[str, tuple[Any, float]] = {}  # peer -> (stream, last used)
         self._handlers: dict[str, StreamHandler] = {}
         self._nursery: trio.Nursery | None = None
         self.connection_changed = trio.Event()
@@ -554,25 +557,52 @@ class P2PNetwork:
         await self._host.disconnect(ID.from_base58(peer_id))
 
     async def ping(self, peer_id: str) -> float:
-        """One ping round trip to a connected peer, in milliseconds (float)."""
+        """One ping round trip to a connected peer, in milliseconds (float). Pings to a peer
+        follow one another on one stream while it stays open (py-libp2p's ping handler
+        closes one idle for 10 s); a reused stream that fails is replaced once."""
+        kept = self._ping_streams.pop(peer_id, None)
+        if kept is not None:
+            raw, used = kept
+            if trio.current_time() - used <= PING_REUSE_S and not peer_closed(raw):
+                try:
+                    return await self._ping_on(peer_id, raw)
+                except DialError:
+                    pass  # stale: once more on a new stream
+            else:
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    await raw.close()
         from libp2p.host.ping import ID as PING_ID
 
         raw = await self._host.new_stream(ID.from_base58(peer_id), [PING_ID])
+        return await self._ping_on(peer_id, raw)
+
+    async def _ping_on(self, peer_id: str, raw: Any) -> float:
+        ok = False
         try:
             payload = secrets.token_bytes(32)
             start = trio.current_time()
-            await raw.write(payload)
-            got = b""
-            while len(got) < 32:
-                chunk = await raw.read(32 - len(got))
-                if not chunk:
-                    raise DialError(f"{peer_id} closed the ping stream")
-                got += chunk
+            try:
+                await raw.write(payload)
+                got = b""
+                while len(got) < 32:
+                    chunk = await raw.read(32 - len(got))
+                    if not chunk:
+                        raise DialError(f"{peer_id} closed the ping stream")
+                    got += chunk
+            except (DialError, trio.Cancelled):
+                raise
+            except Exception as exc:
+                raise DialError(f"ping stream to {peer_id} broke: {exc!r}") from exc
             if got != payload:
                 raise DialError(f"{peer_id} answered ping with wrong bytes")
+            ok = True
             return (trio.current_time() - start) * 1000.0
         finally:
-            await raw.close()
+            if ok and len(self._ping_streams) < MAX_PING_STREAMS:
+                self._ping_streams[peer_id] = (raw, trio.current_time())
+            else:
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    await (raw.close() if ok else raw.reset())
 
     async def open_stream(self, peer_id: str, protocol: str) -> Stream:
         try:

@@ -45,6 +45,12 @@ def encode_frame(payload: bytes) -> bytes:
     return encode_uvarint(len(payload)) + payload
 
 
+def peer_closed(raw: Any) -> bool:
+    """Whether the peer closed (or reset) a libp2p stream's other end."""
+    muxed = getattr(raw, "muxed_stream", None)
+    return bool(getattr(muxed, "recv_closed", False) or getattr(muxed, "reset_received", False))
+
+
 class Stream:
     """One libp2p stream to `peer_id` speaking `protocol`.
 
@@ -129,8 +135,7 @@ class Stream:
     def peer_done(self) -> bool:
         """True once the peer closed its end or reset the stream: it reads no more, so bytes
         written now are lost (yamux lets us write on after the peer's FIN)."""
-        muxed = getattr(self._raw, "muxed_stream", None)
-        return bool(getattr(muxed, "recv_closed", False) or getattr(muxed, "reset_received", False))
+        return peer_closed(self._raw)
 
     async def write_frame(self, payload: bytes) -> None:
         await self.write(encode_frame(payload))

@@ -138,3 +138,14 @@ async def test_idle_links_are_replaced_and_bad_frames_reported(tmp_path: Path) -
         await raw.write(b"\x90\x10")  # announces a 2,064-byte frame: over the 1,024 limit
         await until(lambda: len(receiver.bad) == 1)
         await links.close()
+
+
+async def test_pings_reuse_one_stream_and_replace_a_broken_one(tmp_path: Path) -> None:
+    async with pair(tmp_path, Receiver()) as (client, server):
+        assert await client.ping(server.peer_id) > 0
+        first = client._ping_streams[server.peer_id][0]
+        assert await client.ping(server.peer_id) > 0
+        assert client._ping_streams[server.peer_id][0] is first  # the same stream again
+        await first.reset()  # it breaks: the next ping opens another, and succeeds
+        assert await client.ping(server.peer_id) > 0
+        assert client._ping_streams[server.peer_id][0] is not first
