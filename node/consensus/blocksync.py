@@ -31,7 +31,7 @@ MAX_REQUEST_BYTES = 64
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 REQUEST_TIMEOUT_S = 10.0
 STATUS_INTERVAL_S = 2.0  # between status polls while our height stands still
-STATUS_LIVE_INTERVAL_S = 10.0  # and while we commit blocks
+STATUS_LIVE_INTERVAL_S = 10.0  # and while blocks commit
 BAD_BLOCK_PENALTY = 50
 # At start-up, how long to wait for a first peer before deciding nobody is ahead of us.
 STARTUP_PEER_WAIT_S = 5.0
@@ -173,12 +173,16 @@ class BlockSync:
 
     async def run(self) -> None:
         svc = self.service
-        polled_at = svc.height
+        seen_height, seen_at = svc.height, trio.current_time()
         while True:
-            # Committing blocks means we keep up, and a peer's message from a later height
-            # wakes us at once: then the poll (a stream to every peer) is only a fallback.
-            interval = STATUS_INTERVAL_S if svc.height <= polled_at else STATUS_LIVE_INTERVAL_S
-            polled_at = svc.height
+            # Committing blocks (idle ones come every empty_block_interval_ms) means we keep
+            # up, and a peer's message from a later height wakes us at once: then the poll (a
+            # stream to every peer) is only a fallback.
+            now = trio.current_time()
+            if svc.height != seen_height:
+                seen_height, seen_at = svc.height, now
+            live_s = svc.params.empty_block_interval_ms / 1000 + STATUS_LIVE_INTERVAL_S
+            interval = STATUS_LIVE_INTERVAL_S if now - seen_at < live_s else STATUS_INTERVAL_S
             await self._poll_status()
             ahead = self._ahead_peers()
             best = max((svc.peer_heights[p] for p in ahead), default=0)
