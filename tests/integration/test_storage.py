@@ -34,8 +34,10 @@ GC_BOUND_S = 90  # the 30 s grace, then a GC round
 
 # Fast audits and GC for the test, in every node's config.toml. The grace must outlast a
 # put: chunks are pinned only once the object's record exists.
+# 4 MiB segments (the default is 8): the 32 MiB objects below are 8 segments, enough that
+# every node holds shards of several (the lying node data shards of some).
 FAST = ("--set", "storage.audit_interval_s=2", "--set", "storage.gc_interval_s=2",
-        "--set", "storage.gc_grace_s=30")
+        "--set", "storage.gc_grace_s=30", "--set", "storage.segment_bytes=4194304")
 
 
 def start(testnet_factory) -> list[dict]:
