@@ -24,7 +24,7 @@ discards what it reads; written 1 MiB at a time through node.p2p.Stream, as the 
 exchange writes), measured before the testnet starts and after it stops (the reference is the
 median of those quiet runs: the machine's speed drifts over minutes), and beside the idle
 testnet for context. Each run puts new random bytes (a put of bytes already stored moves
-nothing), and one untimed 8 MiB put/get warms the testnet up first.
+nothing), and an untimed put and two gets of the same size warm the testnet up first.
 
     .venv/bin/python bench/storage.py --skip-codec [--payload-mib 64] [--net-runs 2]
 """
@@ -298,11 +298,13 @@ def network_section(args: argparse.Namespace) -> None:
     try:
         members = json.loads((work / "net" / "testnet.json").read_text())
         pids = [m["pid"] for m in members]
-        # One untimed 8 MiB put and get first: the first transfer after start-up pays for
-        # streams, yamux windows and code paths every later one finds ready.
-        _random_file(payload, 8)
+        # Untimed first: one put and two gets of the same size. A node's first large get
+        # grows its heap (~100 -> ~300 MiB resident, tens of thousands of page faults) and
+        # opens its streams; a node that has served before finds all that ready.
+        _random_file(payload, args.payload_mib)
         _http(members[0]["http_url"], "PUT", "/objects/bench-warm-up", payload)
-        _http(members[3]["http_url"], "GET", "/objects/bench-warm-up")
+        for _ in range(2):
+            _http(members[3]["http_url"], "GET", "/objects/bench-warm-up")
         puts, gets = [], []
         for run in range(args.net_runs):
             _random_file(payload, args.payload_mib)  # new bytes: no chunk is already stored
