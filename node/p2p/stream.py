@@ -77,18 +77,23 @@ class Stream:
         return bytes(chunk)
 
     async def read_exactly(self, n: int) -> bytes:
+        parts = await self._read_parts(n)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _read_parts(self, n: int) -> list[bytes]:
+        """Exactly n bytes, as the pieces they arrived in (joining them is the caller's)."""
         if len(self._buffer) >= n:
             if len(self._buffer) == n:
                 out = bytes(self._buffer)
                 self._buffer.clear()
-                return out
+                return [out]
             with memoryview(self._buffer) as view:
                 out = bytes(view[:n])
             del self._buffer[:n]
-            return out
-        # Ask the muxer for just what is missing (never more: nothing is left over) and
-        # join the pieces once; growing a bytearray piece by piece copied a 1 MiB frame
-        # several times over (fan-in of 4 streams: 173 -> 260 MB/s with this).
+            return [out]
+        # Ask the muxer for just what is missing (never more: nothing is left over); growing
+        # a bytearray piece by piece copied a 1 MiB frame several times over (fan-in of 4
+        # streams: 173 -> 260 MB/s without).
         parts = [bytes(self._buffer)] if self._buffer else []
         have = len(self._buffer)
         self._buffer.clear()
@@ -96,10 +101,18 @@ class Stream:
             chunk = await self._read_some(n - have)
             parts.append(chunk)
             have += len(chunk)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return parts
 
     async def read_frame(self, max_bytes: int | None = None) -> bytes | None:
         """The next frame, or None on a clean end of stream before a frame starts."""
+        parts = await self.read_frame_parts(max_bytes)
+        if parts is None:
+            return None
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def read_frame_parts(self, max_bytes: int | None = None) -> list[bytes] | None:
+        """The next frame as the pieces it arrived in (bulk data joined once, elsewhere: a
+        worker thread), or None on a clean end of stream before a frame starts."""
         limit = self.max_frame_bytes if max_bytes is None else min(max_bytes, self.max_frame_bytes)
         length = 0
         for i in range(MAX_VARINT_BYTES):
@@ -129,7 +142,7 @@ class Stream:
                 break
         else:
             raise MalformedFrame(f"{self.peer_id} sent an overlong length prefix")
-        return await self.read_exactly(length)
+        return await self._read_parts(length) if length else [b""]
 
     @property
     def peer_done(self) -> bool:

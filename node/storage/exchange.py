@@ -392,13 +392,13 @@ class ChunkExchange:
             parts: list[bytes] = []
             got = 0
             while got < size:
-                frame = await stream.read_frame(DATA_FRAME_BYTES)
-                if frame is None:
+                pieces = await stream.read_frame_parts(DATA_FRAME_BYTES)
+                if pieces is None:
                     raise ExchangeError(f"peer {peer}: stream ended after {got} of {size}")
-                got += len(frame)
+                got += sum(map(len, pieces))
                 if got > size:
                     break
-                parts.append(frame)
+                parts += pieces
             # Joined and hashed in a worker thread (hashlib lets go of the GIL): the event
             # loop goes on reading the other streams meanwhile.
             data, digest = await trio.to_thread.run_sync(_joined_and_hashed, parts)
