@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import trio
-import varint
+import varint  # type: ignore[import-untyped]
 from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL_ID
 from libp2p.kad_dht.kad_dht import _encode_key
 from libp2p.kad_dht.pb.kademlia_pb2 import Message as KadMessage
