@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -236,6 +237,7 @@ def main() -> int:
             time.sleep(2)
     finally:
         cli("testnet", "down", "--dir", str(directory))
+        shutil.rmtree(directory, ignore_errors=True)
     return 0
 
 
