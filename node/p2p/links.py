@@ -67,9 +67,13 @@ class FrameLinks:
                 pass  # a stale stream: once more on a new one
         await self._expire()
         link = _Link(await self.network.open_stream(peer, self.protocol))
-        old = self._links.pop(peer, None)
-        if old is not None:
-            await _reset(old)  # a concurrent send opened one too: keep ours
+        current = self._links.get(peer)
+        if current is not None and not current.stream.peer_done:
+            # A concurrent send opened one meanwhile (a failed or stale link is no longer in
+            # the table): use that one, never reset it under its writer.
+            await link.stream.close()
+            await self._write(peer, current, frame)
+            return
         if len(self._links) < MAX_LINKS:
             self._links[peer] = link
             await self._write(peer, link, frame)

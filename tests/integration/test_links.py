@@ -149,3 +149,15 @@ async def test_pings_reuse_one_stream_and_replace_a_broken_one(tmp_path: Path) -
         await first.reset()  # it breaks: the next ping opens another, and succeeds
         assert await client.ping(server.peer_id) > 0
         assert client._ping_streams[server.peer_id][0] is not first
+
+
+async def test_concurrent_first_sends_share_one_stream(tmp_path: Path) -> None:
+    receiver = Receiver()
+    async with pair(tmp_path, receiver) as (client, server):
+        links = FrameLinks(client, PROTOCOL)
+        async with trio.open_nursery() as nursery:
+            for i in range(8):
+                nursery.start_soon(links.send, server.peer_id, f"f{i}".encode())
+        await until(lambda: len(receiver.frames) == 8)  # none lost to a reset
+        assert sorted(receiver.frames) == sorted(f"f{i}".encode() for i in range(8))
+        assert len(links._links) == 1
