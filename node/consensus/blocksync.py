@@ -91,12 +91,8 @@ class BlockSync:
 
     async def _request(self, peer: str, request: list[Any]) -> Any:
         with trio.fail_after(REQUEST_TIMEOUT_S):
-            stream = await self.service.network.open_stream(peer, PROTOCOL)
-            try:
-                await stream.write_frame(to_cbor(request))
-                frame = await stream.read_frame(MAX_RESPONSE_BYTES)
-            finally:
-                await stream.close()
+            frame = await self.service.network.request(peer, PROTOCOL, to_cbor(request),
+                                                       MAX_RESPONSE_BYTES)
         if frame is None:
             raise DecodeError("no answer")
         return from_cbor(frame, max_bytes=MAX_RESPONSE_BYTES, max_depth=24)

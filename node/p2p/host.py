@@ -614,6 +614,17 @@ class P2PNetwork:
         self.metrics.streams_opened.labels(protocol).inc()
         return Stream(raw, peer_id, protocol, self.config.max_frame_bytes)
 
+    async def request(self, peer_id: str, protocol: str, frame: bytes,
+                      max_bytes: int) -> bytes | None:
+        """One frame out and the answer frame back, on a stream of its own (None if the peer
+        closed it without answering). The caller bounds it in time."""
+        stream = await self.open_stream(peer_id, protocol)
+        try:
+            await stream.write_frame(frame)
+            return await stream.read_frame(max_bytes)
+        finally:
+            await stream.close()
+
     def set_handler(self, protocol: str, handler: StreamHandler) -> None:
         """Serve `protocol`: each inbound stream runs `handler` in the host's task."""
         self._handlers[protocol] = handler

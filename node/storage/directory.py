@@ -221,12 +221,7 @@ class NameDirectory:
 
     async def _request(self, peer: str, request: list[Any]) -> list[Any]:
         with trio.fail_after(REQUEST_TIMEOUT_S):
-            stream = await self.network.open_stream(peer, PROTOCOL)
-            try:
-                await stream.write_frame(pack(request))
-                frame = await stream.read_frame(MAX_FRAME_BYTES)
-            finally:
-                await stream.close()
+            frame = await self.network.request(peer, PROTOCOL, pack(request), MAX_FRAME_BYTES)
         if frame is None:
             raise DirectoryError(f"peer {peer} closed the stream")
         msg = unpack(frame, max_bytes=MAX_FRAME_BYTES, max_items=MAX_LIST + 8)
