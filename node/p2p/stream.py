@@ -77,8 +77,7 @@ class Stream:
         return bytes(chunk)
 
     async def read_exactly(self, n: int) -> bytes:
-        parts = await self._read_parts(n)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return b"".join(await self._read_parts(n))  # one piece: that very object
 
     async def _read_parts(self, n: int) -> list[bytes]:
         """Exactly n bytes, as the pieces they arrived in (joining them is the caller's)."""
@@ -106,9 +105,7 @@ class Stream:
     async def read_frame(self, max_bytes: int | None = None) -> bytes | None:
         """The next frame, or None on a clean end of stream before a frame starts."""
         parts = await self.read_frame_parts(max_bytes)
-        if parts is None:
-            return None
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return None if parts is None else b"".join(parts)
 
     async def read_frame_parts(self, max_bytes: int | None = None) -> list[bytes] | None:
         """The next frame as the pieces it arrived in (bulk data joined once, elsewhere: a
@@ -142,7 +139,7 @@ class Stream:
                 break
         else:
             raise MalformedFrame(f"{self.peer_id} sent an overlong length prefix")
-        return await self._read_parts(length) if length else [b""]
+        return await self._read_parts(length)
 
     @property
     def peer_done(self) -> bool:

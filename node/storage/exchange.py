@@ -503,7 +503,7 @@ class ChunkExchange:
 
 
 def _joined_and_hashed(parts: list[bytes]) -> tuple[bytes, str]:
-    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    data = b"".join(parts)  # one part: that very object, no copy
     return data, hashlib.sha256(data).hexdigest()
 
 
