@@ -55,16 +55,16 @@ class Announcer:
         self._dht = dht
         self._sent: dict[ID, tuple[float, int]] = {}  # peer -> (window start, sent in it)
 
-    def _budget(self, peer: ID, now: float) -> int:
+    def _window(self, peer: ID, now: float) -> tuple[float, int]:
+        """(start, records sent) of the peer's current window; a new one once it ended."""
         start, sent = self._sent.get(peer, (now, 0))
-        if now - start >= WINDOW_S:
-            return LIBP2P_PROVIDES_PER_WINDOW
-        return LIBP2P_PROVIDES_PER_WINDOW - sent
+        return (now, 0) if now - start >= WINDOW_S else (start, sent)
+
+    def _budget(self, peer: ID, now: float) -> int:
+        return LIBP2P_PROVIDES_PER_WINDOW - self._window(peer, now)[1]
 
     def _spend(self, peer: ID, now: float, count: int) -> None:
-        start, sent = self._sent.get(peer, (now, 0))
-        if now - start >= WINDOW_S:
-            start, sent = now, 0
+        start, sent = self._window(peer, now)
         self._sent[peer] = (start, sent + count)
         if len(self._sent) > 4 * 4096:
             self._sent = {p: v for p, v in self._sent.items() if now - v[0] < WINDOW_S}
