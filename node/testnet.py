@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -201,11 +202,14 @@ def start_process(home: str) -> int:
 
 
 def fetch_status(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
+    """A node's /status, or None while it cannot answer. That includes an answer that is not
+    HTTP: a connect to a local port nobody listens on yet can, within the ephemeral range,
+    connect the socket to itself and read back its own request."""
     try:
         with urllib.request.urlopen(f"{url}/status", timeout=timeout) as resp:  # noqa: S310
             doc = json.loads(resp.read(4 * 1024 * 1024))
             return doc if isinstance(doc, dict) else None
-    except (urllib.error.URLError, OSError, ValueError):
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError):
         return None
 
 

@@ -27,3 +27,29 @@ def test_without_membership_in_status_peers_are_enough() -> None:
     assert _ready(status(3, None), 4)
     assert not _ready(status(2, None), 4)
     assert _ready({"ready": True, "peers": [], "membership": {"members": "odd"}}, 1)
+
+
+def test_an_answer_that_is_not_http_means_not_ready_yet() -> None:
+    # A socket connected to itself (a free ephemeral port) reads its own request back:
+    # `testnet up` crashed on that BadStatusLine instead of polling again.
+    import socket
+    import threading
+
+    from node.testnet import fetch_status
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def echo() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(conn.recv(4096))  # the request itself, as a self-connect returns it
+
+    thread = threading.Thread(target=echo, daemon=True)
+    thread.start()
+    try:
+        assert fetch_status(f"http://127.0.0.1:{server.getsockname()[1]}", timeout=5) is None
+    finally:
+        thread.join(5)
+        server.close()
