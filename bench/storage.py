@@ -20,8 +20,8 @@ Network section: end-to-end put (on node0) and get (from node3) MB/s of one obje
 on a 6-node loopback testnet (`dcloud-node testnet up`, RS(4,2), all processes on the same
 2 cores), with the CPU each node spent per MiB during the get (from /proc), next to the raw
 libp2p stream throughput between two processes measured in the same run (a bare host that
-discards what it reads; written 1 MiB at a time through node.p2p.Stream, as the chunk
-exchange writes), measured before the testnet starts and after it stops (the reference is the
+discards what it reads; 1 MiB frames written and read through node.p2p.Stream, as the chunk
+exchange moves shards), measured before the testnet starts and after it stops (the reference is the
 median of those quiet runs: the machine's speed drifts over minutes), and beside the idle
 testnet for context. Each run puts new random bytes (a put of bytes already stored moves
 nothing), and an untimed put and two gets of the same size warm the testnet up first.
@@ -176,8 +176,8 @@ async def _raw_server(port: int, ready_file: str) -> None:
 
     async def sink(stream) -> None:
         total = 0
-        while block := await stream.read(1 << 20):
-            total += len(block)
+        while (parts := await stream.read_frame_parts()) is not None:
+            total += sum(map(len, parts))
         await stream.write(str(total).encode())
         await stream.close()
 
@@ -189,8 +189,9 @@ async def _raw_server(port: int, ready_file: str) -> None:
 
 
 def raw_stream_mb_s(total_mib: int, runs: int) -> list[float]:
-    """One-way libp2p stream throughput between two processes, written as the chunk
-    exchange writes (node.p2p.Stream in 1 MiB writes)."""
+    """One-way libp2p stream throughput between two processes, moved as the chunk exchange
+    moves shards: 1 MiB frames written and read through node.p2p.Stream (so the reference
+    gets every receive-path change the exchange gets)."""
     import tempfile
 
     import trio
@@ -229,7 +230,7 @@ def raw_stream_mb_s(total_mib: int, runs: int) -> list[float]:
                     started = time.perf_counter()
                     stream = await net.open_stream(peer, RAW_PROTOCOL)
                     for _ in range(total_mib):
-                        await stream.write(block)
+                        await stream.write_frame(block)
                     await stream.close()
                     echoed = await stream.read(64)
                     took = time.perf_counter() - started

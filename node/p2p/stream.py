@@ -13,6 +13,10 @@ MAX_VARINT_BYTES = 10
 # time out) peers failed to authenticate a Noise message and reset the connection; with
 # small pieces that became rarer, not gone (docs/decisions.md).
 WRITE_PIECE_BYTES = 65_000
+# A frame at least this long is read on a receive window granted for the whole of it up
+# front (see Stream._granted_reader): yamux's own window is 256 KiB, so below that there is
+# nothing to gain.
+GRANT_MIN_BYTES = 256 * 1024
 
 
 class StreamError(Exception):
@@ -96,11 +100,51 @@ class Stream:
         parts = [bytes(self._buffer)] if self._buffer else []
         have = len(self._buffer)
         self._buffer.clear()
+        read_some = self._read_some
+        if n - have >= GRANT_MIN_BYTES:
+            read_some = await self._granted_reader(n - have) or read_some
         while have < n:
-            chunk = await self._read_some(n - have)
+            chunk = await read_some(n - have)
             parts.append(chunk)
             have += len(chunk)
         return parts
+
+    async def _granted_reader(self, outstanding: int) -> Any:
+        """Let the peer send the rest of a long frame without waiting on flow control: one
+        yamux WINDOW_UPDATE granting all `outstanding` bytes now (we have already accepted
+        the frame's length, so this buffers nothing we had not agreed to hold), and a reader
+        that returns no credit per read. py-libp2p otherwise credits every read with its
+        own update (one per ~64 KiB frame, each a Noise message and a syscall on both
+        sides) and a sender whose 256 KiB window runs dry polls every 10 ms for more; on a
+        get from 4 holders that was a tenth of the getter's event loop. The credit the
+        reads would have returned is what the grant gave in advance, so the window ends
+        where per-read credit would have left it. None (read as usual) on a stream that is
+        not yamux."""
+        muxed = getattr(self._raw, "muxed_stream", None)
+        conn = getattr(muxed, "conn", None)
+        if muxed is None or conn is None or not hasattr(conn, "read_stream") \
+                or not hasattr(muxed, "recv_window"):
+            return None
+        try:
+            muxed.recv_window += outstanding
+            await muxed.send_window_update(outstanding)
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            raise StreamError(f"stream from {self.peer_id} broke: {exc!r}") from exc
+        stream_id = muxed.stream_id
+
+        async def read_some(n: int) -> bytes:
+            try:
+                chunk = await conn.read_stream(stream_id, n)
+            except trio.Cancelled:
+                raise
+            except Exception as exc:
+                raise StreamError(f"stream from {self.peer_id} broke: {exc!r}") from exc
+            if not chunk:
+                raise StreamError(f"stream from {self.peer_id} closed mid-frame")
+            return bytes(chunk)
+        return read_some
 
     async def read_frame(self, max_bytes: int | None = None) -> bytes | None:
         """The next frame, or None on a clean end of stream before a frame starts."""
