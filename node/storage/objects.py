@@ -68,7 +68,7 @@ log = logging.getLogger("dcloud.storage.objects")
 
 REQUEST_TIMEOUT_S = 15.0
 PUT_SEGMENTS_IN_FLIGHT = 2
-GET_SEGMENTS_IN_FLIGHT = 6  # 4 -> 6: +5-9 % in two interleaved A/Bs (8 MiB segments)
+GET_SEGMENTS_IN_FLIGHT = 2  # 6 -> 2 once long frames came on one window grant: see docs/benchmarks.md
 SAME_NODE_TRIES = 4  # pushes of a shard to its chosen node before the next in the ranking
 RECONNECT_WAIT_S = 5.0
 PUSH_TIMEOUT_S = 60.0
