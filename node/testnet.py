@@ -235,9 +235,11 @@ def up(directory: Path, *, nodes: int, base_port: int, timeout: float,
             if not _port_free(port):
                 raise TestnetError(f"port {port} on {HOST} is in use: choose another --base-port "
                                    f"or stop what holds it")
+    started = []
     for node in members:
         if node.pid is None:
             node.pid = start_process(node.home)
+            started.append(node)
             print(f"{node.name}: started pid {node.pid} ({node.http_url})")
     save(directory, members)
 
@@ -251,7 +253,14 @@ def up(directory: Path, *, nodes: int, base_port: int, timeout: float,
         dead = [n for n in members if not pid_alive(n.pid)]
         if dead:
             names = ", ".join(f"{n.name} (see {n.home}/logs/stdout.log)" for n in dead)
-            raise TestnetError(f"node process exited during start-up: {names}")
+            # Half a testnet is of no use and would hold its ports and CPU unseen: the
+            # nodes this call started go too (ones already running before it stay).
+            stopping = [n for n in started if n not in dead]
+            _stop(stopping, grace=10.0)
+            save(directory, members)
+            also = (f"; stopped the other nodes it started ({', '.join(n.name for n in stopping)})"
+                    if stopping else "")
+            raise TestnetError(f"node process exited during start-up: {names}{also}")
         if all(done):
             break
         now = time.monotonic()
@@ -297,6 +306,16 @@ def format_table(members: list[TestnetNode], statuses: list[dict[str, Any] | Non
 def down(directory: Path, *, grace: float) -> int:
     members = load(directory)
     running = [n for n in members if pid_alive(n.pid) and _is_our_node(n.pid or 0, n.home)]
+    _stop(running, grace=grace)
+    for node in members:
+        print(f"{node.name}: stopped" if node in running else f"{node.name}: was not running")
+        node.pid = None
+    save(directory, members)
+    return 0
+
+
+def _stop(running: list[TestnetNode], *, grace: float) -> None:
+    """SIGTERM each node, SIGKILL those still running after `grace` s; wait for all."""
     for node in running:
         os.kill(node.pid or 0, signal.SIGTERM)
     deadline = time.monotonic() + grace
@@ -311,11 +330,7 @@ def down(directory: Path, *, grace: float) -> int:
         while pid_alive(node.pid):
             _reap()
             time.sleep(0.05)
-    for node in members:
-        print(f"{node.name}: stopped" if node in running else f"{node.name}: was not running")
         node.pid = None
-    save(directory, members)
-    return 0
 
 
 def _reap() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 
 import pytest
@@ -102,3 +103,26 @@ def test_a_testnet_not_ready_in_time_fails_clearly_and_down_kills_after_the_grac
     stopped = cli("testnet", "down", "--dir", str(net.directory), "--grace", "0")
     assert stopped.stdout.count("sending SIGKILL") == 2, stopped.stdout
     assert not any(pid_alive(pid) for pid in pids)
+
+
+def test_a_node_that_dies_during_up_takes_the_nodes_up_started_with_it(testnet_factory):
+    net = testnet_factory(3)
+    net.up()
+    net.down()
+    # node2 cannot start any more (its chunk store's directory is now a file), which only
+    # the node process finds out, after `up` has started the others.
+    broken = next(m for m in net.members() if m["name"] == "node2")
+    chunks = os.path.join(broken["home"], "data", "chunks")
+    shutil.rmtree(chunks)
+    with open(chunks, "w") as f:
+        f.write("not a directory")
+    proc = cli("testnet", "up", "--nodes", "3", "--dir", str(net.directory), "--base-port",
+               str(net.base_port), "--timeout", "60", check=False, timeout=120)
+    assert proc.returncode != 0
+    assert "node process exited during start-up: node2" in proc.stderr, proc.stderr
+    assert "stopped the other nodes it started (node0, node1)" in proc.stderr, proc.stderr
+    started = [int(line.split("pid ")[1].split()[0]) for line in proc.stdout.splitlines()
+               if "started pid" in line]
+    assert len(started) == 3, proc.stdout
+    assert not any(pid_alive(pid) for pid in started)  # half a testnet is not left running
+    assert "was not running" in net.down().stdout
