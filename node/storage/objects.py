@@ -68,7 +68,7 @@ log = logging.getLogger("dcloud.storage.objects")
 
 REQUEST_TIMEOUT_S = 15.0
 PUT_SEGMENTS_IN_FLIGHT = 2
-GET_SEGMENTS_IN_FLIGHT = 2  # 6 -> 2 once long frames came on one window grant: see docs/benchmarks.md
+GET_SEGMENTS_IN_FLIGHT = 2  # 6 -> 2 with long frames on one window grant (docs/benchmarks.md)
 SAME_NODE_TRIES = 4  # pushes of a shard to its chosen node before the next in the ranking
 RECONNECT_WAIT_S = 5.0
 PUSH_TIMEOUT_S = 60.0
@@ -161,7 +161,8 @@ class ObjectService:
                                    member_states=self.member_states)
         self._nursery: trio.Nursery | None = None
         self.repairs_pending = 0  # shards the last audit found lost (node.storage.repair)
-        self.announcements_pending = 0  # pinned chunks not yet in the DHT as provided by us
+        # Pinned chunks we hold and have announced in the DHT (node.p2p.providers), and when.
+        self._announced: dict[str, float] = {}
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -601,7 +602,15 @@ class ObjectService:
                 "chunks": stat.chunks, "pinned_chunks": stat.pinned_chunks,
                 "objects": self.index.count(),
                 "repairs_pending": self.repairs_pending,
-                "announcements_pending": self.announcements_pending}
+                **self.announcement_counts(stat.pinned_chunks)}
+
+    def announcement_counts(self, pinned: int) -> dict[str, int]:
+        """Of the `pinned` chunks, how many this node has announced in the DHT and how many
+        it has not (new since the last round, waiting for a peer's window, or whose file is
+        missing). From counts, not a scan: a chunk unpinned since the last round still
+        counts as announced until the next one, so the two are capped to add up."""
+        announced = min(len(self._announced), pinned)
+        return {"announced_chunks": announced, "announcements_pending": pinned - announced}
 
     # ---- DHT announcements -------------------------------------------------------------------
 
@@ -609,7 +618,7 @@ class ObjectService:
         """Announce, as DHT provider records, the manifests and shards we hold pinned (new
         ones each round, at most PROVIDE_PER_ROUND; all of them again every hour, since
         provider records expire)."""
-        announced: dict[str, float] = {}
+        announced = self._announced
         while True:
             await trio.sleep(PROVIDE_INTERVAL_S)
             now = time.monotonic()
@@ -619,7 +628,6 @@ class ObjectService:
             sent = await self.exchange.announce(due[:PROVIDE_PER_ROUND]) if due else []
             # Peers take only so many records a window (node.p2p.providers): the rest wait.
             announced.update((c, now) for c in sent)
-            self.announcements_pending = len(due) - len(sent)
             held = set(pinned)
             for c in [c for c in announced if c not in held]:
                 del announced[c]

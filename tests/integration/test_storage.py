@@ -114,6 +114,16 @@ def test_put_lose_two_nodes_get_repair_corruption_and_delete(testnet_factory, tm
     assert doc["healthy_shards"] == doc["total_shards"] == 48
     assert len(holders(doc)) == 6  # k+m distinct nodes hold each segment
 
+    # Every holder announces what it pinned as DHT provider records, and /status says how
+    # far it has got: announced + pending = pinned, pending down to 0 once all went out.
+    def all_announced() -> list[dict] | None:
+        docs = [storage(m) for m in members]
+        for d in docs:
+            assert d["announced_chunks"] + d["announcements_pending"] == d["pinned_chunks"], d
+        return docs if all(d["announcements_pending"] == 0 and d["announced_chunks"] > 0
+                           for d in docs) else None
+    wait_for(all_announced, 60, "every node to announce its pinned chunks")
+
     # HEAD: the size and the manifest id, no body.
     req = http.client.HTTPConnection(node5["http_url"].removeprefix("http://"), timeout=60)
     req.request("HEAD", "/objects/backups/data.bin")
