@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import trio
+from libp2p.stream_muxer.yamux.yamux import TYPE_DATA as YAMUX_TYPE_DATA
+from libp2p.stream_muxer.yamux.yamux import YAMUX_HEADER_FORMAT
 
 MAX_VARINT_BYTES = 10
 # Writes go to yamux in pieces that fit one Noise transport message (65,519 bytes of
@@ -13,6 +16,10 @@ MAX_VARINT_BYTES = 10
 # time out) peers failed to authenticate a Noise message and reset the connection; with
 # small pieces that became rarer, not gone (docs/decisions.md).
 WRITE_PIECE_BYTES = 65_000
+# A long write goes out up to this many pieces (yamux frames, one Noise message each) per
+# socket write (AtomicWriteYamux.write_data_frames); bounded so that one stream's bulk data
+# does not hold back the other streams of its connection for long.
+BATCH_PIECES = 8
 # A frame at least this long is read on a receive window granted for the whole of it up
 # front (see Stream._granted_reader): yamux's own window is 256 KiB, so below that there is
 # nothing to gain.
@@ -196,14 +203,45 @@ class Stream:
 
     async def write(self, data: bytes) -> None:
         try:
-            # One yamux frame per Noise message (see WRITE_PIECE_BYTES).
             view = memoryview(data)
-            for start in range(0, len(data), WRITE_PIECE_BYTES):
+            start = 0
+            muxed = getattr(self._raw, "muxed_stream", None)
+            batched = getattr(getattr(muxed, "conn", None), "write_data_frames", None)
+            while start < len(data):
+                if batched is not None and len(data) - start > WRITE_PIECE_BYTES:
+                    frames, end = await self._data_frames(muxed, view, start)
+                    if frames:
+                        await batched(frames)
+                        start = end
+                        continue
+                # One yamux frame per Noise message (see WRITE_PIECE_BYTES); py-libp2p's
+                # own write also waits out an empty send window.
                 await self._raw.write(bytes(view[start:start + WRITE_PIECE_BYTES]))
+                start += WRITE_PIECE_BYTES
         except trio.Cancelled:
             raise
         except Exception as exc:
             raise StreamError(f"write to {self.peer_id} failed: {exc!r}") from exc
+
+    async def _data_frames(self, muxed: Any, view: memoryview,
+                           start: int) -> tuple[list[bytes], int]:
+        """Up to BATCH_PIECES yamux data frames of `view` from `start`, as much as the send
+        window allows, taken from the window as YamuxStream.write takes it (and under its
+        locks), and where they end; no frames when the window is empty."""
+        frames = []
+        async with muxed.rw_lock.write_lock():
+            if muxed.send_closed:
+                raise StreamError(f"write to {self.peer_id} failed: closed for sending")
+            async with muxed.window_lock:
+                if muxed.closed:
+                    raise StreamError(f"write to {self.peer_id} failed: stream closed")
+                while len(frames) < BATCH_PIECES and start < len(view) and muxed.send_window > 0:
+                    piece = view[start:start + min(WRITE_PIECE_BYTES, muxed.send_window)]
+                    muxed.send_window -= len(piece)
+                    frames.append(struct.pack(YAMUX_HEADER_FORMAT, 0, YAMUX_TYPE_DATA, 0,
+                                              muxed.stream_id, len(piece)) + piece)
+                    start += len(piece)
+        return frames, start
 
     async def read(self, max_bytes: int = 65536) -> bytes:
         """Raw bytes (for streaming bulk data); b"" at end of stream."""

@@ -18,7 +18,8 @@ from node.config import load_config
 from node.crypto import Ed25519Key
 from node.metrics import P2PMetrics
 from node.p2p import P2PNetwork, Stream
-from node.p2p.stream import GRANT_MIN_BYTES
+from node.p2p.host import AtomicWriteYamux
+from node.p2p.stream import BATCH_PIECES, GRANT_MIN_BYTES, WRITE_PIECE_BYTES
 from tests.integration.conftest import free_port_block
 
 pytestmark = pytest.mark.slow
@@ -84,3 +85,58 @@ async def test_long_frames_take_one_window_update_and_leave_the_window_as_it_was
     # granted, it takes the grant plus at most the one of the read that found its length.
     assert updates[0] <= 2, updates
     assert updates[-1] <= 2, updates
+
+
+async def test_every_connection_is_an_atomic_write_yamux_and_long_writes_are_batched(
+        tmp_path: Path) -> None:
+    """py-libp2p builds yamux connections by name, whatever muxer class it is given: both
+    ends must still be AtomicWriteYamux (its writer task, its window grant, its batches). A
+    long write then goes to the socket a few frames at a time, not once per 64 KiB."""
+    payload = os.urandom(3 * MIB)
+    got: list[bytes] = []
+    kinds: list[type] = []
+    done = trio.Event()
+
+    async def reader(stream: Stream) -> None:
+        kinds.append(type(stream._raw.muxed_stream.conn))
+        frame = await stream.read_frame()
+        assert frame is not None
+        got.append(frame)
+        await stream.write_frame(b"done")
+        done.set()
+
+    base = free_port_block(2)
+    async with trio.open_nursery() as nursery:
+        server = network(tmp_path, "server", base, [])
+        await nursery.start(server.run)
+        server.set_handler(PROTOCOL, reader)
+        client = network(tmp_path, "client", base + 1, [server.listen_addrs()[0]])
+        await nursery.start(client.run)
+        with trio.fail_after(60):
+            while server.peer_id not in client.connected_peer_ids():
+                await trio.sleep(0.05)
+            stream = await client.open_stream(server.peer_id, PROTOCOL)
+            conn = stream._raw.muxed_stream.conn
+            kinds.append(type(conn))
+            socket = conn.secured_conn.conn.read_writer.read_write_closer
+            writes: list[int] = []
+            real = socket.write
+
+            async def counted(data: bytes) -> None:
+                writes.append(len(data))
+                await real(data)
+
+            socket.write = counted
+            await stream.write_frame(payload)
+            socket.write = real
+            assert await stream.read_frame() == b"done"
+            await done.wait()
+        nursery.cancel_scope.cancel()
+
+    assert kinds == [AtomicWriteYamux, AtomicWriteYamux]
+    assert got == [payload]
+    # 3 MiB is 49 pieces of 65,000 bytes: one socket write each unbatched; batched, at most
+    # BATCH_PIECES pieces per write (fewer when the send window runs low).
+    assert sum(writes) > len(payload)
+    assert len(writes) <= 49 // 2, writes
+    assert max(writes) > BATCH_PIECES // 2 * WRITE_PIECE_BYTES, writes
