@@ -232,6 +232,26 @@ class AtomicWriteYamux(Yamux):
                 with trio.CancelScope(shield=True):
                     await self.secured_conn.write(data)
             return
+        queue = self._queue(nursery)
+        if len(data) <= YAMUX_HEADER_SIZE:
+            queue.send_nowait((data, None))
+            await trio.lowlevel.checkpoint()
+            return
+        await self._written(queue, data)
+
+    async def write_data_frames(self, frames: list[bytes]) -> None:
+        """Write several whole yamux frames, in order, as one socket write (see
+        _write_batch); returns once they are written, like a data frame's _write_frame."""
+        nursery = self._nursery
+        if nursery is None or not _batchable(self.secured_conn):
+            for frame in frames:
+                await self._write_frame(frame)
+            return
+        await self._written(self._queue(nursery), frames)
+
+    def _queue(self, nursery: trio.Nursery) -> Any:
+        """The writer task's queue (the task starts with the first frame); raises once the
+        writer has failed."""
         if self._writer_queue is None:
             send, recv = trio.open_memory_channel[tuple[bytes | list[bytes], trio.Event | None]](
                 math.inf)
@@ -239,32 +259,12 @@ class AtomicWriteYamux(Yamux):
             nursery.start_soon(self._writer, recv)
         if self._writer_error is not None:
             raise ConnectionError(f"connection writer failed: {self._writer_error!r}")
-        if len(data) <= YAMUX_HEADER_SIZE:
-            self._writer_queue.send_nowait((data, None))
-            await trio.lowlevel.checkpoint()
-            return
-        done = trio.Event()
-        self._writer_queue.send_nowait((data, done))
-        await done.wait()
-        if self._writer_error is not None:
-            raise ConnectionError(f"connection writer failed: {self._writer_error!r}")
+        return self._writer_queue
 
-    async def write_data_frames(self, frames: list[bytes]) -> None:
-        """Write several whole yamux frames, in order, as one socket write (see
-        _write_batch); returns once they are written, like a data frame's _write_frame."""
-        if self._nursery is None or not _batchable(self.secured_conn):
-            for frame in frames:
-                await self._write_frame(frame)
-            return
-        if self._writer_queue is None:
-            await self._write_frame(frames[0])  # starts the writer task
-            frames = frames[1:]
-            if not frames:
-                return
-        if self._writer_error is not None:
-            raise ConnectionError(f"connection writer failed: {self._writer_error!r}")
+    async def _written(self, queue: Any, item: bytes | list[bytes]) -> None:
+        """Queue a data frame (or a batch of them) and return once the writer wrote it."""
         done = trio.Event()
-        self._writer_queue.send_nowait((frames, done))
+        queue.send_nowait((item, done))
         await done.wait()
         if self._writer_error is not None:
             raise ConnectionError(f"connection writer failed: {self._writer_error!r}")
@@ -274,7 +274,7 @@ class AtomicWriteYamux(Yamux):
         them handed to the socket at once: one send instead of one per 64 KiB (and none of
         the per-message lock and task hand-offs). Only the writer task calls this, so the
         Noise nonces go out in the order they were taken."""
-        noise = self.secured_conn.conn
+        noise: Any = self.secured_conn.conn  # type: ignore[attr-defined]  # (_batchable)
         out = []
         for frame in frames:
             sealed = noise.encrypt(frame)
@@ -311,7 +311,7 @@ class AtomicWriteYamux(Yamux):
 # builds its module's `Yamux` by name whenever yamux is negotiated. Without this, no
 # connection was ever an AtomicWriteYamux (found by a type check: its writer task, initial
 # window and batched writes had not been in use).
-_muxer_multistream.Yamux = AtomicWriteYamux
+_muxer_multistream.Yamux = AtomicWriteYamux  # type: ignore[misc]
 
 
 class GuardedPubsub(Pubsub):

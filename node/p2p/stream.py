@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Awaitable
 from typing import Any
 
 import trio
@@ -77,8 +78,13 @@ class Stream:
         self._buffer = bytearray()
 
     async def _read_some(self, n: int) -> bytes:
+        return await self._checked(self._raw.read(n))
+
+    async def _checked(self, read: Awaitable[Any]) -> bytes:
+        """The bytes of one read inside a frame: a broken stream or an end of stream there
+        is a StreamError."""
         try:
-            chunk = await self._raw.read(n)
+            chunk = await read
         except trio.Cancelled:
             raise
         except Exception as exc:
@@ -140,18 +146,7 @@ class Stream:
         except Exception as exc:
             raise StreamError(f"stream from {self.peer_id} broke: {exc!r}") from exc
         stream_id = muxed.stream_id
-
-        async def read_some(n: int) -> bytes:
-            try:
-                chunk = await conn.read_stream(stream_id, n)
-            except trio.Cancelled:
-                raise
-            except Exception as exc:
-                raise StreamError(f"stream from {self.peer_id} broke: {exc!r}") from exc
-            if not chunk:
-                raise StreamError(f"stream from {self.peer_id} closed mid-frame")
-            return bytes(chunk)
-        return read_some
+        return lambda n: self._checked(conn.read_stream(stream_id, n))
 
     async def read_frame(self, max_bytes: int | None = None) -> bytes | None:
         """The next frame, or None on a clean end of stream before a frame starts."""
@@ -228,7 +223,7 @@ class Stream:
         """Up to BATCH_PIECES yamux data frames of `view` from `start`, as much as the send
         window allows, taken from the window as YamuxStream.write takes it (and under its
         locks), and where they end; no frames when the window is empty."""
-        frames = []
+        frames: list[bytes] = []
         async with muxed.rw_lock.write_lock():
             if muxed.send_closed:
                 raise StreamError(f"write to {self.peer_id} failed: closed for sending")
