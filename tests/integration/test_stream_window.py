@@ -7,8 +7,11 @@ the sender waits for credit)."""
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -34,6 +37,25 @@ def network(tmp_path: Path, name: str, port: int, bootstrap: list[str]) -> P2PNe
     config = replace(load_config(home).p2p, listen_addrs=[f"/ip4/127.0.0.1/tcp/{port}"],
                      bootstrap=bootstrap, max_frame_bytes=8 * MIB)
     return P2PNetwork(Ed25519Key.generate(), config, P2PMetrics(CollectorRegistry()))
+
+
+@asynccontextmanager
+async def client_stream(tmp_path: Path, handler: Any) -> AsyncIterator[Stream]:
+    """A stream from a client host to a server host serving PROTOCOL with `handler`; both
+    hosts stop on exit."""
+    base = free_port_block(2)
+    async with trio.open_nursery() as nursery:
+        server = network(tmp_path, "server", base, [])
+        await nursery.start(server.run)
+        server.set_handler(PROTOCOL, handler)
+        client = network(tmp_path, "client", base + 1, [server.listen_addrs()[0]])
+        await nursery.start(client.run)
+        with trio.fail_after(30):
+            while server.peer_id not in client.connected_peer_ids():
+                await trio.sleep(0.05)
+            stream = await client.open_stream(server.peer_id, PROTOCOL)
+        yield stream
+        nursery.cancel_scope.cancel()
 
 
 async def test_long_frames_take_one_window_update_and_leave_the_window_as_it_was(
@@ -63,22 +85,12 @@ async def test_long_frames_take_one_window_update_and_leave_the_window_as_it_was
         await stream.write_frame(b"done")
         done.set()
 
-    base = free_port_block(2)
-    async with trio.open_nursery() as nursery:
-        server = network(tmp_path, "server", base, [])
-        await nursery.start(server.run)
-        server.set_handler(PROTOCOL, reader)
-        client = network(tmp_path, "client", base + 1, [server.listen_addrs()[0]])
-        await nursery.start(client.run)
+    async with client_stream(tmp_path, reader) as stream:
         with trio.fail_after(60):
-            while server.peer_id not in client.connected_peer_ids():
-                await trio.sleep(0.05)
-            stream = await client.open_stream(server.peer_id, PROTOCOL)
             for frame in frames:
                 await stream.write_frame(frame)
             assert await stream.read_frame() == b"done"
             await done.wait()
-        nursery.cancel_scope.cancel()
 
     assert received == frames
     # A 3 MiB frame read with per-read credit takes ~48 updates (one per ~64 KiB read);
@@ -105,17 +117,8 @@ async def test_every_connection_is_an_atomic_write_yamux_and_long_writes_are_bat
         await stream.write_frame(b"done")
         done.set()
 
-    base = free_port_block(2)
-    async with trio.open_nursery() as nursery:
-        server = network(tmp_path, "server", base, [])
-        await nursery.start(server.run)
-        server.set_handler(PROTOCOL, reader)
-        client = network(tmp_path, "client", base + 1, [server.listen_addrs()[0]])
-        await nursery.start(client.run)
+    async with client_stream(tmp_path, reader) as stream:
         with trio.fail_after(60):
-            while server.peer_id not in client.connected_peer_ids():
-                await trio.sleep(0.05)
-            stream = await client.open_stream(server.peer_id, PROTOCOL)
             conn = stream._raw.muxed_stream.conn
             kinds.append(type(conn))
             socket = conn.secured_conn.conn.read_writer.read_write_closer
@@ -131,7 +134,6 @@ async def test_every_connection_is_an_atomic_write_yamux_and_long_writes_are_bat
             socket.write = real
             assert await stream.read_frame() == b"done"
             await done.wait()
-        nursery.cancel_scope.cancel()
 
     assert kinds == [AtomicWriteYamux, AtomicWriteYamux]
     assert got == [payload]
